@@ -3,6 +3,7 @@
 ``y = layer.forward(x, training=...)`` caches what ``backward`` needs; ``dx = layer.backward(dy)``
 fills ``layer.grads`` (same keys and shapes as ``layer.params``) and returns the gradient for the input.
 Parameters are updated in place by optimizers, so their array identity never changes during training.
+Non-trainable state (running statistics) lives in ``layer.buffers`` and is saved with the model.
 ``layer.config()`` returns the JSON-serialisable constructor arguments, so a saved model's architecture
 can be rebuilt with ``build_layer(type_name, config)`` without pickle.
 """
@@ -39,6 +40,8 @@ class Layer:
         self.name = name or type(self).__name__.lower()
         self.params: dict = {}
         self.grads: dict = {}
+        # Non-trainable state saved with the model (BatchNorm running statistics).
+        self.buffers: dict = {}
 
     # --- contract -----------------------------------------------------------------------------
     def forward(self, x, training: bool = False):
@@ -82,12 +85,14 @@ class Layer:
         """Move parameters (and gradients) to array module ``xp`` (numpy or cupy)."""
         self.params = {k: to_device(v, xp) for k, v in self.params.items()}
         self.grads = {k: to_device(v, xp) for k, v in self.grads.items()}
+        self.buffers = {k: to_device(v, xp) for k, v in self.buffers.items()}
         return self
 
     def astype(self, dtype):
         """Cast parameters to ``dtype`` (float64 for gradient checks)."""
         self.params = {k: v.astype(dtype) for k, v in self.params.items()}
         self.grads = {k: v.astype(dtype) for k, v in self.grads.items()}
+        self.buffers = {k: v.astype(dtype) for k, v in self.buffers.items()}
         return self
 
     def __repr__(self):
