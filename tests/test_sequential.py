@@ -93,3 +93,37 @@ def test_astype_and_to_numpy(rng):
 def test_empty_model_rejected():
     with pytest.raises(ValueError):
         Sequential([])
+
+
+@pytest.mark.gpu
+def test_cupy_path_matches_numpy(rng):
+    """The same model on CuPy gives the numpy results (skipped without a CUDA device)."""
+    from actionrec.backend import gpu_available, to_numpy
+    from actionrec.nn.layers import Dropout
+    from actionrec.nn.losses import SoftmaxCrossEntropy
+    from actionrec.nn.optim import Adam
+
+    ok, why = gpu_available()
+    if not ok:
+        pytest.skip(why)
+    import cupy
+
+    def build():
+        return Sequential([Flatten(), Dense(6, 8, rng=0, dtype="float64"), BatchNorm(8, dtype="float64"),
+                           Tanh(), Dropout(0.0), Dense(8, 3, bias_groups=2, rng=1, dtype="float64")])
+
+    x, y = rng.standard_normal((5, 2, 3)), np.array([0, 1, 2, 1, 0])
+    results = []
+    for xp, model in ((np, build()), (cupy, build().to(cupy))):
+        crit, opt = SoftmaxCrossEntropy([1.0, 2.0, 0.5]), Adam(lr=0.01)
+        for _ in range(2):
+            loss = crit.forward(model.forward(xp.asarray(x), training=True), y)
+            model.backward(crit.backward())
+            opt.step(model)
+        assert model.xp is xp
+        results.append((loss, to_numpy(model.predict(x)), [to_numpy(p) for _, p, _ in model.named_parameters()]))
+    (loss_np, pred_np, params_np), (loss_cp, pred_cp, params_cp) = results
+    assert loss_cp == pytest.approx(loss_np, rel=1e-10)
+    np.testing.assert_allclose(pred_cp, pred_np, rtol=1e-9, atol=1e-12)
+    for a, b in zip(params_cp, params_np):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
