@@ -43,6 +43,21 @@ def _weight_from_matrix(Wmat, w_shape: tuple, groups: int):
     return blocks.reshape(w_shape)
 
 
+def _group_matmul(a, b):
+    """Per-group product (g, m, k) @ (g, k, n) -> (g, m, n).
+
+    A 2D product per group: numpy's stacked matmul falls back to a slow non-BLAS loop when an operand
+    is a transposed view (40x slower for dW = dY @ cols^T), while a 2D ``@`` hands it to BLAS as is.
+    """
+    if a.shape[0] == 1:
+        return (a[0] @ b[0])[None]
+    xp = get_array_module(a, b)
+    out = xp.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=xp.result_type(a, b))
+    for g in range(a.shape[0]):
+        out[g] = a[g] @ b[g]
+    return out
+
+
 def _frame_slice(dt: int, stride: int, t_out: int) -> slice:
     """Input frames t' * stride + dt for t' = 0 .. t_out - 1."""
     return slice(dt, dt + stride * (t_out - 1) + 1, stride)
@@ -71,7 +86,7 @@ def conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int):
     cols = im2col(xpad, ks, stride[1:])  # (C * prod(ks), N * Tp * prod(S'))
     cols = cols.reshape(groups, cg * math.prod(ks), -1)
     Wmat = _weight_matrix(W, groups)
-    Y = xp.matmul(Wmat, cols)  # (g, O/g * kt, N * Tp * prod(S'))
+    Y = _group_matmul(Wmat, cols)  # (g, O/g * kt, N * Tp * prod(S'))
     t_pad = xpad.shape[2]
     out_shape = conv_output_shape(x.shape, W.shape, stride, padding)
     t_out, s_out = out_shape[2], out_shape[3:]
@@ -105,11 +120,14 @@ def conv_backward(dout, cache, input_grad: bool = True):
     for dt in range(kt):
         dY[:, dt, :, _frame_slice(dt, st, t_out)] = dout_t
     dY = dY.reshape(groups, (o // groups) * kt, -1)
-    dW = _weight_from_matrix(xp.matmul(dY, cols.transpose(0, 2, 1)), w_shape, groups)
+    # dW = dY @ cols^T, computed as (cols @ dY^T)^T: OpenBLAS is up to 100x slower on the
+    # (small x huge) @ (huge x small) orientation with the long axis inside.
+    dWmat = _group_matmul(cols, dY.transpose(0, 2, 1)).transpose(0, 2, 1)
+    dW = _weight_from_matrix(dWmat, w_shape, groups)
     db = dout.sum(axis=(0,) + tuple(range(2, dout.ndim)))
     if not input_grad:
         return None, dW, db
-    dcols = xp.matmul(Wmat.transpose(0, 2, 1), dY)  # (g, C/g * prod(ks), N * Tp * prod(S'))
+    dcols = _group_matmul(Wmat.transpose(0, 2, 1), dY)  # (g, C/g * prod(ks), N * Tp * prod(S'))
     dcols = dcols.reshape(-1, dcols.shape[-1])
     dxpad = col2im(dcols, xpad_shape, ks, stride[1:])
     if not any(padding):

@@ -14,7 +14,7 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
-from actionrec.nn.im2col import as_tuple, fold_add, output_size, window_view
+from actionrec.nn.im2col import as_tuple, contiguous_copy, fold_add, output_size, window_view
 from actionrec.nn.init import initial_weights
 
 _AXES = {2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
@@ -61,7 +61,7 @@ class _PoolND(Layer):
 class _MaxPoolND(_PoolND):
     def forward(self, x, training=False):
         windows = self._windows(x)
-        flat = windows.reshape(windows.shape[: 2 + self.ndim] + (-1,))  # one copy of every window
+        flat = contiguous_copy(windows).reshape(windows.shape[: 2 + self.ndim] + (-1,))
         winner = flat.argmax(axis=-1)  # first maximum: ties send the gradient to one element, as torch
         self._cache = (winner, x.shape)
         return flat.max(axis=-1)
