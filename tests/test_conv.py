@@ -102,6 +102,22 @@ def test_input_grad_false_skips_dx_but_keeps_parameter_gradients(rng, cls, x_sha
         np.testing.assert_allclose(lean.grads[key], full.grads[key])
 
 
+def test_segment_conv_input_grad_false_skips_dx(rng):
+    seg = SegmentConv3D((3, 3), 1, 2, 2, input_grad=False, rng=0, dtype="float64")
+    y = seg.forward(rng.standard_normal((1, 1, 6, 4, 4)))
+    assert seg.backward(np.ones_like(y)) is None
+    assert seg.grads["W"].shape == seg.params["W"].shape and np.abs(seg.grads["W"]).sum() > 0
+
+
+def test_conv3d_unfolds_frames_in_2d_only(rng):
+    """The cached column matrix has C*kh*kw rows, kt times fewer than a full 3D im2col."""
+    layer = Conv3D(2, 2, (3, 4, 5), rng=0)
+    x = rng.standard_normal((2, 2, 6, 7, 8)).astype(np.float32)
+    layer.forward(x)
+    cols = layer._cache[0]
+    assert cols.size == 2 * 4 * 5 * (2 * 6 * 4 * 4)
+
+
 def test_segment_conv_equals_separate_conv3d_per_segment(rng):
     segments = (4, 4, 3)
     seg = _with_random_bias(SegmentConv3D(segments, 2, 4, (2, 3, 2), groups=2, rng=0, dtype="float64"), rng)

@@ -300,7 +300,7 @@ class SegmentConv3D(Layer):
         return np.concatenate([[0], np.cumsum(self.segments)]).tolist()
 
     def output_shape(self, input_shape):
-        kt, kh, kw = self.kernel_size
+        _, kh, kw = self.kernel_size
         n, _, _, h, w = input_shape
         return (n, self.out_channels, sum(self.output_segments), h - kh + 1, w - kw + 1)
 
