@@ -96,4 +96,6 @@ def test_config_rebuilds_the_same_layer(layer):
 ])
 def test_bad_input_shapes_raise_clear_shape_error(layer, x_shape, message):
     with pytest.raises(ShapeError, match=message):
+        layer.output_shape(x_shape)
+    with pytest.raises(ShapeError, match=message):
         layer.forward(np.zeros(x_shape))

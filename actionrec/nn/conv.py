@@ -143,11 +143,11 @@ def _check_groups(in_channels: int, out_channels: int, groups: int):
                          f"out_channels={out_channels}")
 
 
-def _check_input(layer, x, axes: str, channels: int):
-    """ShapeError naming the layer and both shapes unless x has layout ``axes`` with ``channels``."""
-    if x.ndim != len(axes) or x.shape[1] != channels:
+def _check_input(layer, shape, axes: str, channels: int):
+    """ShapeError naming the layer and both shapes unless ``shape`` has layout ``axes`` with ``channels``."""
+    if len(shape) != len(axes) or shape[1] != channels:
         expected = "(" + ", ".join([axes[0], str(channels)] + list(axes[2:])) + ")"
-        raise ShapeError(f"{layer.name}: expected input of shape {expected}, got {tuple(x.shape)}")
+        raise ShapeError(f"{layer.name}: expected input of shape {expected}, got {tuple(shape)}")
 
 
 def _check_fits(layer, x_shape, out_shape, kernel):
@@ -203,14 +203,15 @@ class _ConvND(Layer):
                 (1,) + self.stride, (0,) + self.padding)
 
     def output_shape(self, input_shape):
+        """Output shape for ``input_shape``; ShapeError when the rank, channels or size do not fit."""
+        _check_input(self, input_shape, self.axes, self.in_channels)
         out = conv_output_shape(*self._frame_geometry(input_shape))
+        _check_fits(self, input_shape, out, self.kernel_size)
         return out if self.ndim == 3 else out[:2] + out[3:]
 
     def forward(self, x, training=False):
-        _check_input(self, x, self.axes, self.in_channels)
-        geometry = self._frame_geometry(x.shape)
-        _check_fits(self, x.shape, conv_output_shape(*geometry), self.kernel_size)
-        stride, padding = geometry[2:]
+        self.output_shape(x.shape)  # validates
+        stride, padding = self._frame_geometry(x.shape)[2:]
         out, self._cache = conv_forward(self._as_frames(x), self._as_frames(self.params["W"]),
                                         self.params.get("b"), stride, padding, self.groups)
         return out if self.ndim == 3 else out[:, :, 0]
@@ -300,16 +301,19 @@ class SegmentConv3D(Layer):
         return np.concatenate([[0], np.cumsum(self.segments)]).tolist()
 
     def output_shape(self, input_shape):
+        """Output shape for ``input_shape``; ShapeError when the rank, channels, frames or size do not fit."""
+        _check_input(self, input_shape, "NCTHW", self.in_channels)
+        n, _, t, h, w = input_shape
+        if t != sum(self.segments):
+            raise ShapeError(f"{self.name}: expected {sum(self.segments)} frames (segments {self.segments}) "
+                             f"on axis 2, got input of shape {tuple(input_shape)}")
         _, kh, kw = self.kernel_size
-        n, _, _, h, w = input_shape
-        return (n, self.out_channels, sum(self.output_segments), h - kh + 1, w - kw + 1)
+        out = (n, self.out_channels, sum(self.output_segments), h - kh + 1, w - kw + 1)
+        _check_fits(self, input_shape, out, self.kernel_size)
+        return out
 
     def forward(self, x, training=False):
-        _check_input(self, x, "NCTHW", self.in_channels)
-        if x.shape[2] != sum(self.segments):
-            raise ShapeError(f"{self.name}: expected {sum(self.segments)} frames (segments {self.segments}) "
-                             f"on axis 2, got input of shape {tuple(x.shape)}")
-        _check_fits(self, x.shape, self.output_shape(x.shape), self.kernel_size)
+        self.output_shape(x.shape)  # validates
         xp = get_array_module(x)
         starts = self._starts()
         outs, self._caches = [], []

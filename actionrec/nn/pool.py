@@ -20,9 +20,9 @@ from actionrec.nn.init import initial_weights
 _AXES = {2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
 
 
-def _check_windows_fit(layer, x, kernel, out):
+def _check_windows_fit(layer, x_shape, kernel, out):
     if min(out) < 1:
-        raise ShapeError(f"{layer.name}: kernel {tuple(kernel)} is larger than the input {tuple(x.shape)}; "
+        raise ShapeError(f"{layer.name}: kernel {tuple(kernel)} is larger than the input {tuple(x_shape)}; "
                          f"use a smaller kernel or a larger input")
 
 
@@ -43,14 +43,16 @@ class _PoolND(Layer):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "name": self.name}
 
     def output_shape(self, input_shape):
+        """Output shape for ``input_shape``; ShapeError when the rank is wrong or a window does not fit."""
+        if len(input_shape) != self.ndim + 2:
+            raise ShapeError(f"{self.name}: expected input of shape {_AXES[self.ndim]}, got {tuple(input_shape)}")
         out = tuple(output_size(s, k, st) for s, k, st in zip(input_shape[2:], self.kernel_size, self.stride))
+        _check_windows_fit(self, input_shape, self.kernel_size, out)
         return tuple(input_shape[:2]) + out
 
     def _windows(self, x):
         """x (N, C, *S) -> strided view (N, C, *S', *kernel) after checking the rank and fit."""
-        if x.ndim != self.ndim + 2:
-            raise ShapeError(f"{self.name}: expected input of shape {_AXES[self.ndim]}, got {tuple(x.shape)}")
-        _check_windows_fit(self, x, self.kernel_size, self.output_shape(x.shape)[2:])
+        self.output_shape(x.shape)
         return window_view(x, self.kernel_size, self.stride)
 
     def _fold(self, window_grads, x_shape):
@@ -146,7 +148,12 @@ class Subsampling(Layer):
                 "dtype": np.dtype(self.dtype).name, "name": self.name}
 
     def output_shape(self, input_shape):
+        """Output shape for ``input_shape``; ShapeError when the maps or the window size do not fit."""
+        if len(input_shape) != len(self.map_shape) + 3 or tuple(input_shape[1:-2]) != self.map_shape:
+            expected = "(N, " + ", ".join(str(m) for m in self.map_shape) + ", H, W)"
+            raise ShapeError(f"{self.name}: expected input of shape {expected}, got {tuple(input_shape)}")
         (kh, kw), (h, w) = self.kernel_size, input_shape[-2:]
+        _check_windows_fit(self, input_shape, self.kernel_size, (h // kh, w // kw))
         return tuple(input_shape[:-2]) + (h // kh, w // kw)
 
     def _per_map(self, a):
@@ -154,11 +161,7 @@ class Subsampling(Layer):
         return a.reshape((1,) + self.map_shape + (1, 1))
 
     def forward(self, x, training=False):
-        if x.ndim != len(self.map_shape) + 3 or tuple(x.shape[1:-2]) != self.map_shape:
-            expected = "(N, " + ", ".join(str(m) for m in self.map_shape) + ", H, W)"
-            raise ShapeError(f"{self.name}: expected input of shape {expected}, got {tuple(x.shape)}")
-        _, hh, ww = self.output_shape(x.shape)[-3:]
-        _check_windows_fit(self, x, self.kernel_size, (hh, ww))
+        hh, ww = self.output_shape(x.shape)[-2:]  # validates
         kh, kw = self.kernel_size
         blocks = x[..., : hh * kh, : ww * kw].reshape(x.shape[:-2] + (hh, kh, ww, kw))
         sums = blocks.sum(axis=(-3, -1))
