@@ -211,6 +211,7 @@ class _ConvND(Layer):
 
     def forward(self, x, training=False):
         self.output_shape(x.shape)  # validates
+        self._cache = None  # free the previous batch's column matrix before building this one
         stride, padding = self._frame_geometry(x.shape)[2:]
         out, self._cache = conv_forward(self._as_frames(x), self._as_frames(self.params["W"]),
                                         self.params.get("b"), stride, padding, self.groups)
@@ -314,6 +315,7 @@ class SegmentConv3D(Layer):
 
     def forward(self, x, training=False):
         self.output_shape(x.shape)  # validates
+        self._caches = None  # free the previous batch's column matrices before building these
         xp = get_array_module(x)
         starts = self._starts()
         outs, self._caches = [], []
