@@ -73,16 +73,34 @@ def cube_maps(gray: np.ndarray, flow_q: np.ndarray, quant: float = FLOW_QUANT) -
     n, f, h, w = gray.shape
     if flow_q.shape != (n, f - 1, 2, h, w):
         raise ValueError(f"flow shape {flow_q.shape} does not match gray shape {gray.shape}")
-    g = gray.astype(np.float32) * np.float32(1.0 / 255.0)
     out = np.empty((n, 1, 5 * f - 2, h, w), np.float32)
-    out[:, 0, :f] = (g - 0.5) * 2.0
-    gy, gx = np.gradient(g, axis=(2, 3))
-    out[:, 0, f:2 * f] = gx * GRAD_GAIN
-    out[:, 0, 2 * f:3 * f] = gy * GRAD_GAIN
+    g = out[:, 0, :f]
+    np.multiply(gray, np.float32(1.0 / 255.0), out=g)
+    _central_difference(g, -1, out[:, 0, f:2 * f], GRAD_GAIN)
+    _central_difference(g, -2, out[:, 0, 2 * f:3 * f], GRAD_GAIN)
+    g -= 0.5
+    g *= 2.0
     scale = np.float32(FLOW_GAIN / quant)
-    out[:, 0, 3 * f:4 * f - 1] = flow_q[:, :, 0] * scale
-    out[:, 0, 4 * f - 1:] = flow_q[:, :, 1] * scale
+    np.multiply(flow_q[:, :, 0], scale, out=out[:, 0, 3 * f:4 * f - 1])
+    np.multiply(flow_q[:, :, 1], scale, out=out[:, 0, 4 * f - 1:])
     return out
+
+
+def _central_difference(g, axis, out, gain):
+    """out = gain * numpy.gradient(g, axis=axis), written in place (central inside, one-sided at borders)."""
+    n = g.shape[axis]
+
+    def sl(a, b):
+        idx = [slice(None)] * g.ndim
+        idx[axis] = slice(a, b)
+        return tuple(idx)
+
+    np.subtract(g[sl(2, n)], g[sl(0, n - 2)], out=out[sl(1, n - 1)])
+    out[sl(1, n - 1)] *= np.float32(0.5 * gain)
+    np.subtract(g[sl(1, 2)], g[sl(0, 1)], out=out[sl(0, 1)])
+    np.subtract(g[sl(n - 1, n)], g[sl(n - 2, n - 1)], out=out[sl(n - 1, n)])
+    out[sl(0, 1)] *= np.float32(gain)
+    out[sl(n - 1, n)] *= np.float32(gain)
 
 
 def hardwired_channels(frames: np.ndarray, params=None) -> np.ndarray:

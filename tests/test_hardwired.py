@@ -77,3 +77,17 @@ def test_bad_shapes():
         hardwired_channels(np.zeros((1, 8, 8), np.uint8))
     with pytest.raises(ValueError):
         cube_maps(np.zeros((1, 5, 8, 8), np.uint8), np.zeros((1, 5, 2, 8, 8), np.int8))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 12, 16), (1, 7, 9, 3)])
+def test_cube_maps_matches_numpy_gradient(shape, rng):
+    n, f, h, w = shape
+    gray = rng.integers(0, 256, shape).astype(np.uint8)
+    flow = rng.integers(-127, 128, (n, f - 1, 2, h, w)).astype(np.int8)
+    maps = cube_maps(gray, flow)
+    g = gray.astype(np.float64) / 255
+    gy, gx = np.gradient(g, axis=(2, 3))
+    np.testing.assert_allclose(maps[:, 0, :f], (g - 0.5) * 2, atol=1e-6)
+    np.testing.assert_allclose(maps[:, 0, f:2 * f], GRAD_GAIN * gx, atol=1e-5)
+    np.testing.assert_allclose(maps[:, 0, 2 * f:3 * f], GRAD_GAIN * gy, atol=1e-5)
+    np.testing.assert_allclose(maps[:, 0, 3 * f:4 * f - 1], flow[:, :, 0] * FLOW_GAIN / 16, atol=1e-6)
