@@ -25,7 +25,7 @@ from actionrec.hardwired import (CHANNELS, FARNEBACK_PARAMS, FLOW_GAIN, FLOW_QUA
 
 FORMAT = "actionrec-cubes"
 FORMAT_VERSION = 1
-DEFAULT_STRIDE = 4
+DEFAULT_STRIDE = 4  # frames between cube starts; overlapping cubes cost no storage
 CHUNK_FRAMES = 4
 COMPRESSION = "lzf"
 FILE_TIMEOUT_S = 600.0
@@ -384,7 +384,7 @@ def preprocess_folder(root, out_h5, sequences=None, frames=9, size=(80, 60), str
         done |= {p.decode() if isinstance(p, bytes) else p for p in f["skipped/path"][:]}
         todo, metas = [], {}
         for p in files:
-            key = str(p.resolve())
+            key = os.path.abspath(p)  # symlinks kept: the name is what the user sees
             if key in done:
                 continue
             try:
