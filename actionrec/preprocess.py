@@ -256,7 +256,10 @@ def _open_partial(partial: Path, final: Path, prep: dict):
     if partial.exists():
         try:
             f = h5py.File(partial, "r+")
-        except OSError:
+        except OSError as exc:
+            if "lock" in str(exc).lower():
+                raise DataError(f"{partial}: another `actionrec preprocess` is writing this dataset; wait for it "
+                                "or stop it first") from None
             print(f"actionrec: {partial} was damaged when the last run was killed; starting it again")
             partial.unlink()
         else:

@@ -141,7 +141,8 @@ def _run_cli(*args):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
-def test_resume_after_kill(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_resume_after_kill(tmp_path, sig):
     root = tmp_path / "root"
     make_synthetic_kth(root, persons=[1, 2, 3, 4], scenarios=[1, 2], actions=["walking", "boxing", "running"],
                        seconds=3.0, seed=2)
@@ -154,8 +155,11 @@ def test_resume_after_kill(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed; make the data larger"
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, workers included, as a crash or `kill -9` would
-    proc.wait()
+    # the whole job, workers included, as `kill -9` or Ctrl-C in a terminal would
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=30)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and b"rerun the same command" in proc.stderr.read()
     assert not out.exists() and partial.exists()
     with pytest.raises(DataError, match="incomplete"):
         CubeDataset(partial)
