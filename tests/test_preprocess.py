@@ -85,6 +85,10 @@ def test_bad_files_are_skipped_with_cause(tmp_path, folder):
     good = root / "walking" / "person01_walking_d1_uncomp.avi"
     (root / "walking" / "person05_walking_d1_uncomp.avi").write_bytes(good.read_bytes()[:3000])  # truncated
     (root / "walking" / "notes.avi").write_bytes(good.read_bytes())  # not a KTH name
+    import cv2
+    empty_video = cv2.VideoWriter(str(root / "walking" / "person07_walking_d1_uncomp.avi"),
+                                  cv2.VideoWriter_fourcc(*"MJPG"), 25, (160, 120), False)
+    empty_video.release()  # a valid AVI header with zero frames
     (root / "boxing").mkdir()
     os.symlink(shared_path("bad-video", "ido_walk.avi"), root / "boxing" / "person06_boxing_d1_uncomp.avi")
     s = preprocess_folder(root, tmp_path / "d.h5", frames=7, progress=False)
@@ -94,6 +98,8 @@ def test_bad_files_are_skipped_with_cause(tmp_path, folder):
     assert "not a video" in by_name["person04_walking_d1_uncomp.avi"]
     assert "KTH pattern" in by_name["notes.avi"]
     assert "crashed" in by_name["person06_boxing_d1_uncomp.avi"]
+    assert "no decodable frame" in by_name["person07_walking_d1_uncomp.avi"] or \
+        "cannot open" in by_name["person07_walking_d1_uncomp.avi"]
     assert "SIGABRT" in by_name["person06_boxing_d1_uncomp.avi"]
     assert s["videos"] == 3 + ("person05_walking_d1_uncomp.avi" not in by_name)
     with CubeDataset(tmp_path / "d.h5") as d:
