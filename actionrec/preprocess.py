@@ -378,6 +378,8 @@ def preprocess_folder(root, out_h5, sequences=None, frames=9, size=(80, 60), str
         raise DataError(f"{root}: no action sub-folders (expected <root>/<action>/<video files>)")
     seq = read_sequences(sequences) if sequences else None
     partial = out.with_name(out.name + ".partial")
+    if not partial.exists() and out.exists() and _up_to_date(out, prep, files):
+        return _existing_summary(out)
     f = _open_partial(partial, out, prep)
     t0 = time.monotonic()
     new_frames = new_videos = 0
@@ -437,6 +439,27 @@ def preprocess_folder(root, out_h5, sequences=None, frames=9, size=(80, 60), str
     summary["seconds"] = time.monotonic() - t0
     summary["frames_per_s"] = new_frames / max(summary["seconds"], 1e-9)
     return summary
+
+
+def _up_to_date(out: Path, prep: dict, files) -> bool:
+    """True when a finished dataset already holds (or skipped) every file of the folder: nothing to copy."""
+    import h5py
+
+    _check_same(out, prep)
+    with h5py.File(out, "r") as f:
+        if not bool(f.attrs.get("complete", False)):
+            return False
+        done = {_s(p) for p in f["videos/path"][:]} | {_s(p) for p in f["skipped/path"][:]}
+    return all(os.path.abspath(p) in done for p in files)
+
+
+def _existing_summary(out: Path) -> dict:
+    from actionrec.datasets.cubes import CubeDataset
+
+    with CubeDataset(out) as d:
+        return {"out": str(out), "videos": len(d.videos), "frames": sum(v["n_frames"] for v in d.videos),
+                "cubes": len(d), "classes": list(d.classes), "skipped": list(d.skipped), "new_videos": 0,
+                "new_frames": 0, "not_annotated": [], "seconds": 0.0, "frames_per_s": 0.0}
 
 
 def _s(v):

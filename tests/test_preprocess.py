@@ -131,6 +131,9 @@ def test_append_new_videos(tmp_path, folder):
     with CubeDataset(out) as d:
         before = d.read_cubes(np.arange(len(d)))
         n_before = len(d)
+    mtime = out.stat().st_mtime_ns
+    again = preprocess_folder(root, out, frames=7, progress=False)  # nothing new: the file is left alone
+    assert again["new_videos"] == 0 and again["videos"] == 3 and out.stat().st_mtime_ns == mtime
     shutil.copytree(folder / "running", root / "running")
     s = preprocess_folder(root, out, frames=7, progress=False)
     assert s["new_videos"] == 3 and s["videos"] == 6

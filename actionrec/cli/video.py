@@ -70,6 +70,8 @@ def run_preprocess(args) -> int:
                           progress=not args.no_progress)
     print(f"{s['out']}: {s['videos']} videos, {s['frames']} frames, {s['cubes']} cubes, "
           f"{len(s['classes'])} classes ({', '.join(s['classes'])})")
+    if s["new_videos"] == 0 and s["seconds"] == 0.0:
+        print("up to date: every video of the folder is already in the dataset (or in its skip list)")
     print(f"this run: {s['new_videos']} videos, {s['new_frames']} frames in {s['seconds']:.1f} s "
           f"({s['frames_per_s']:.0f} frames/s)")
     if s["not_annotated"]:
