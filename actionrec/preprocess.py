@@ -9,6 +9,7 @@ complete always is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -273,6 +274,9 @@ def _open_partial(partial: Path, final: Path, prep: dict):
             seg_keep = int(np.searchsorted(f["segments/video"][:], nv)) if f["segments/video"].shape[0] else 0
             for name in ("video", "start", "stop"):
                 f["segments"][name].resize(seg_keep, axis=0)
+            n_skip = min(f["skipped/path"].shape[0], f["skipped/cause"].shape[0])
+            for name in ("path", "cause"):
+                f["skipped"][name].resize(n_skip, axis=0)
             f.attrs["complete"] = False
             return f
     f = h5py.File(partial, "w")
@@ -384,9 +388,9 @@ def preprocess_folder(root, out_h5, sequences=None, frames=9, size=(80, 60), str
     t0 = time.monotonic()
     new_frames = new_videos = 0
     not_annotated = []
-    try:
-        done = {p.decode() if isinstance(p, bytes) else p for p in f["videos/path"][:]}
-        done |= {p.decode() if isinstance(p, bytes) else p for p in f["skipped/path"][:]}
+    with contextlib.ExitStack() as stack:
+        stack.callback(f.close)
+        done = {_s(p) for p in f["videos/path"][:]} | {_s(p) for p in f["skipped/path"][:]}
         todo, metas = [], {}
         for p in files:
             key = os.path.abspath(p)  # symlinks kept: the name is what the user sees
@@ -402,8 +406,10 @@ def preprocess_folder(root, out_h5, sequences=None, frames=9, size=(80, 60), str
             metas[len(todo)] = meta
             todo.append((len(todo), p))
         bar = _progress_bar(len(todo), progress)
-        for status, index, a, b in run_isolated(todo, (prep["width"], prep["height"]), prep["flow"]["params"],
-                                                workers=workers, timeout=timeout):
+        results = run_isolated(todo, (prep["width"], prep["height"]), prep["flow"]["params"], workers=workers,
+                               timeout=timeout)
+        stack.enter_context(contextlib.closing(results))  # workers stop on any exit, Ctrl-C included
+        for status, index, a, b in results:
             meta = metas[index]
             if status == "ok":
                 n = len(a)
@@ -433,8 +439,6 @@ def preprocess_folder(root, out_h5, sequences=None, frames=9, size=(80, 60), str
                    "frames": int(f.attrs["frames_committed"]), "cubes": n_cubes, "classes": classes,
                    "skipped": skipped, "new_videos": new_videos, "new_frames": new_frames,
                    "not_annotated": not_annotated}
-    finally:
-        f.close()
     os.replace(partial, out)
     summary["seconds"] = time.monotonic() - t0
     summary["frames_per_s"] = new_frames / max(summary["seconds"], 1e-9)
