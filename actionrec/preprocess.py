@@ -242,6 +242,8 @@ def _create(f, prep: dict):
 
 
 def _append(ds, values):
+    if len(values) == 0:
+        return
     n = ds.shape[0]
     ds.resize(n + len(values), axis=0)
     ds[n:] = values
@@ -253,35 +255,73 @@ def _open_partial(partial: Path, final: Path, prep: dict):
 
     if not partial.exists() and final.exists():
         _check_same(final, prep)
-        shutil.copy2(final, partial)
-    if partial.exists():
-        try:
-            f = h5py.File(partial, "r+")
-        except OSError as exc:
-            if "lock" in str(exc).lower():
-                raise DataError(f"{partial}: another `actionrec preprocess` is writing this dataset; wait for it "
-                                "or stop it first") from None
-            print(f"actionrec: {partial} was damaged when the last run was killed; starting it again")
-            partial.unlink()
-        else:
-            _check_same(partial, prep, f)
-            # drop whatever a killed run wrote after its last committed video
-            nv, nf = int(f.attrs["videos_committed"]), int(f.attrs["frames_committed"])
-            for name in _VIDEO_FIELDS:
-                f["videos"][name].resize(nv, axis=0)
-            f["frames/gray"].resize(nf, axis=0)
-            f["frames/flow"].resize(nf, axis=0)
-            seg_keep = int(np.searchsorted(f["segments/video"][:], nv)) if f["segments/video"].shape[0] else 0
-            for name in ("video", "start", "stop"):
-                f["segments"][name].resize(seg_keep, axis=0)
-            n_skip = min(f["skipped/path"].shape[0], f["skipped/cause"].shape[0])
-            for name in ("path", "cause"):
-                f["skipped"][name].resize(n_skip, axis=0)
-            f.attrs["complete"] = False
-            return f
+        shutil.copy2(final, partial)  # a finished file is sound: extend a copy of it in place
+        f = h5py.File(partial, "r+")
+        f.attrs["complete"] = False
+        return f
+    if partial.exists() and _rebuild_partial(partial, prep):
+        return h5py.File(partial, "r+")
     f = h5py.File(partial, "w")
     _create(f, prep)
     return f
+
+
+def _rebuild_partial(partial: Path, prep: dict) -> bool:
+    """Copy the committed part of an interrupted run into a fresh file that replaces it.
+
+    A killed run can leave HDF5 metadata written half-way after its last commit (writing into such a
+    file fails later), so the work file is never extended in place: what was committed is copied.
+    Returns False (start again) when even the committed part cannot be read.
+    """
+    import h5py
+
+    try:
+        old = h5py.File(partial, "r")
+    except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise DataError(f"{partial}: another `actionrec preprocess` is writing this dataset; wait for it "
+                            "or stop it first") from None
+        old = None
+    fresh = partial.with_name(partial.name + ".rebuild")
+    if old is not None:
+        try:
+            _check_same(partial, prep, old)
+            with h5py.File(fresh, "w") as new:
+                _create(new, prep)
+                _copy_committed(old, new)
+            old.close()
+            os.replace(fresh, partial)
+            return True
+        except DataError:
+            raise
+        except Exception:  # damaged before its commit point; nothing trustworthy to keep
+            pass
+        finally:
+            old.close()
+            if fresh.exists():
+                fresh.unlink()
+    print(f"actionrec: {partial} was damaged when the last run was killed; starting it again")
+    partial.unlink()
+    return False
+
+
+def _copy_committed(old, new, block=1024):
+    nv, nf = int(old.attrs["videos_committed"]), int(old.attrs["frames_committed"])
+    for name, dt in _VIDEO_FIELDS.items():
+        values = old["videos"][name][:nv]
+        _append(new["videos"][name], [_s(v) for v in values] if dt == "str" else values)
+    for name in ("gray", "flow"):
+        for a in range(0, nf, block):
+            _append(new["frames"][name], old["frames"][name][a:min(a + block, nf)])
+    seg_video = old["segments/video"][:]
+    keep = int(np.searchsorted(seg_video, nv))
+    for name in ("video", "start", "stop"):
+        _append(new["segments"][name], old["segments"][name][:keep])
+    n_skip = min(old["skipped/path"].shape[0], old["skipped/cause"].shape[0])
+    for name in ("path", "cause"):
+        _append(new["skipped"][name], [_s(v) for v in old["skipped"][name][:n_skip]])
+    new.attrs["frames_committed"], new.attrs["videos_committed"] = nf, nv
+    new.flush()
 
 
 def _check_same(path, prep, f=None):
