@@ -138,6 +138,8 @@ class Trainer:
             raise ActionrecError("the training split is empty: check the split options")
         if resume:
             self.load_checkpoint()
+            if self.completed_epochs >= self.epochs:
+                self._say(f"all {self.epochs} epochs are already done (raise --epochs to train longer)")
         while self.completed_epochs < self.epochs:
             if self.patience and self.bad_epochs >= self.patience:
                 self._say(f"early stopping: validation loss has not improved for {self.bad_epochs} epochs "
@@ -285,7 +287,7 @@ class Trainer:
             if key in self.metadata and saved_meta.get(key) != _json_safe(self.metadata.get(key)):
                 raise ActionrecError(
                     f"checkpoint {self.checkpoint} was written for {key} {saved_meta.get(key)!r}, not "
-                    f"{self.metadata.get(key)!r}: use the same options or remove the checkpoint")
+                    f"{self.metadata.get(key)!r}: use the same options, or --restart to start again")
         if _as_str(state["optimizer_type"]) != type(self.optimizer).__name__:
             raise ActionrecError(f"checkpoint {self.checkpoint} used optimizer {_as_str(state['optimizer_type'])}, "
                                  f"not {type(self.optimizer).__name__}: use the same --optimizer")
@@ -322,11 +324,13 @@ class Trainer:
 
 
 def reseed_randomness(model, source, seed: int, epoch: int):
-    """Give every random layer (dropout) and the source's augmentation a generator seeded by (seed, epoch)."""
+    """Give every random layer (dropout) and the source's augmentation a generator seeded by (seed, epoch),
+    so an epoch's masks do not depend on how many epochs ran in this process."""
     for i, layer in enumerate(model.layers):
-        for attr in ("rng", "_rng"):
-            if isinstance(getattr(layer, attr, None), np.random.Generator):
-                setattr(layer, attr, np.random.default_rng([int(seed), int(epoch), 1000 + i]))
+        if hasattr(layer, "seed") and hasattr(layer, "_generator"):
+            # Dropout draws from xp.random.default_rng(layer.seed), created lazily when _generator is None.
+            layer.seed = int(np.random.default_rng([int(seed), int(epoch), 1000 + i]).integers(2**31 - 1))
+            layer._generator = None
     if hasattr(source, "set_epoch"):
         source.set_epoch(seed, epoch)
 

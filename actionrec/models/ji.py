@@ -37,9 +37,9 @@ class JiGeometry:
     height: int          # H of the input maps
     width: int           # W of the input maps
     c2_kernel: tuple     # (kh, kw) of C2 (temporal extent is always 3)
-    s3: int              # S3 window (k x k)
+    s3: int | tuple      # S3 window: k (k x k) or (kh, kw)
     c4_kernel: tuple     # (kh, kw) of C4
-    s5: int              # S5 window
+    s5: int | tuple      # S5 window
     c2_sets: int = 2     # kernel sets applied to each hardwired channel in C2
     c4_per_set: int = 3  # C4 kernels per C2 set
     features: int = 128  # C6 feature count
@@ -57,9 +57,15 @@ class JiGeometry:
 
 TRECVID = JiGeometry(frames=7, height=60, width=40, c2_kernel=(7, 7), s3=2, c4_kernel=(7, 6), s5=3)
 KTH = JiGeometry(frames=9, height=60, width=80, c2_kernel=(7, 9), s3=3, c4_kernel=(7, 7), s5=3)
-# Not in the paper: a quarter-size KTH net (40x30 frames) so the offline demo trains in minutes on 2 cores.
-SMALL = JiGeometry(frames=7, height=30, width=40, c2_kernel=(5, 5), s3=2, c4_kernel=(4, 5), s5=2,
-                   features=64)
+# Not in the paper: the Ji architecture at a quarter of KTH's frame size (40x30) for the offline demo. S5
+# pools the 10x14 C4 maps down to 2x2 and C6 has 32 features, so C6 has ~5k instead of ~175k weights: with
+# a handful of training persons the full-size C6 memorises who is in the clip instead of how they move.
+SMALL = JiGeometry(frames=7, height=30, width=40, c2_kernel=(5, 5), s3=2, c4_kernel=(4, 5), s5=(5, 7),
+                   features=32)
+
+
+def _window(k) -> tuple:
+    return (int(k), int(k)) if np.isscalar(k) else (int(k[0]), int(k[1]))
 
 
 def _check_choice(value, choices, option):
@@ -91,7 +97,7 @@ def build_ji(geometry: JiGeometry, num_classes: int, *, activation: str = "tanh"
 
     def pool(k, channels, frames, lname):
         if pooling == "max":
-            return [MaxPool3D((1, k, k), name=lname)]
+            return [MaxPool3D((1,) + _window(k), name=lname)]
         # LeNet-style trainable subsampling is followed by a squashing function in the paper.
         return [Subsampling(k, map_shape=(channels, frames), name=lname, **common), act()]
 
@@ -102,17 +108,18 @@ def build_ji(geometry: JiGeometry, num_classes: int, *, activation: str = "tanh"
     c4 = SegmentConv3D(seg2, g.c2_sets, c4_out, (kt,) + tuple(g.c4_kernel), groups=g.c2_sets,
                        shared=shared, name="C4", **common)
     seg4 = tuple(c4.output_segments)
-    h = (g.height - g.c2_kernel[0] + 1) // g.s3
-    w = (g.width - g.c2_kernel[1] + 1) // g.s3
-    h = (h - g.c4_kernel[0] + 1) // g.s5
-    w = (w - g.c4_kernel[1] + 1) // g.s5
+    s3, s5 = _window(g.s3), _window(g.s5)
+    h = (g.height - g.c2_kernel[0] + 1) // s3[0]
+    w = (g.width - g.c2_kernel[1] + 1) // s3[1]
+    h = (h - g.c4_kernel[0] + 1) // s5[0]
+    w = (w - g.c4_kernel[1] + 1) // s5[1]
     if min(seg4) < 1 or h < 1 or w < 1:
         raise ActionrecError(f"input {g.input_shape} is too small for the kernels of this net")
     maps = c4_out * sum(seg4)  # C6 sees every (channel, frame) map of S5
     layers = [c2, act()]
-    layers += pool(g.s3, g.c2_sets, sum(seg2), "S3")
+    layers += pool(s3, g.c2_sets, sum(seg2), "S3")
     layers += [c4, act()]
-    layers += pool(g.s5, c4_out, sum(seg4), "S5")
+    layers += pool(s5, c4_out, sum(seg4), "S5")
     layers += [Flatten()]
     if dropout:
         layers += [Dropout(float(dropout), seed=int(rng.integers(2**31)))]
