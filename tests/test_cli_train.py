@@ -43,7 +43,7 @@ def test_models_summary_prints_the_layer_table(capsys):
 def test_train_then_resume_then_evaluate_and_classify(tiny_data, tmp_path, capsys):
     out = tmp_path / "m" / "net.h5"
     common = ["train", tiny_data, "--model", "ji-small", "--out", out, "--train-persons", "1,2",
-              "--validation-persons", "3", "--batch-size", "16", "--optimizer", "adam", "--quiet"]
+              "--validation-persons", "3", "--batch-size", "16", "--optimizer", "adam", "--balance", "--quiet"]
     code, stdout, _ = run(capsys, *common, "--epochs", "1")
     assert code == 0 and str(out) in stdout
     for suffix in (".h5", ".ckpt.h5", ".history.csv", ".history.json", ".curves.png"):
