@@ -1,0 +1,186 @@
+"""Fully connected layer, flattening, activations and dropout.
+
+Each layer caches in ``forward`` exactly what its ``backward`` needs; ``backward`` fills ``self.grads``
+and returns the gradient for the input. One code path for numpy and CuPy (``xp``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actionrec.backend import get_array_module, to_device
+from actionrec.errors import ShapeError
+from actionrec.nn.base import Layer, register_layer
+from actionrec.nn.init import _rng, initial_weights
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+@register_layer
+class Dense(Layer):
+    """Fully connected layer ``y = x @ W.T + b``.
+
+    With ``bias_groups=G > 1`` the bias is stored as (O, G) and its sum over G is the bias actually
+    added: Ji et al.'s C6 layer has one bias per (output feature, input map) pair, which is what the
+    published parameter count implies. Every column receives the same gradient.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bias_groups: int = 1,
+                 init: str = "lecun", rng=None, dtype="float32", name: str | None = None):
+        super().__init__(name)
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Dense needs positive in/out features, got {in_features}, {out_features}")
+        if bias_groups < 1:
+            raise ValueError(f"Dense bias_groups must be >= 1, got {bias_groups}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.use_bias = bool(bias)
+        self.bias_groups = int(bias_groups)
+        self.init = init
+        self.params["W"] = initial_weights((self.out_features, self.in_features), fan_in=self.in_features,
+                                           fan_out=self.out_features, method=init, rng=rng, dtype=dtype)
+        if self.use_bias:
+            b_shape = (self.out_features,) if self.bias_groups == 1 else (self.out_features, self.bias_groups)
+            self.params["b"] = np.zeros(b_shape, dtype=dtype)
+        self._x = None
+
+    def config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.use_bias,
+                "bias_groups": self.bias_groups, "init": self.init, "dtype": _dtype_name(self.dtype),
+                "name": self.name}
+
+    def _effective_bias(self):
+        b = self.params["b"]
+        return b if b.ndim == 1 else b.sum(axis=1)
+
+    def forward(self, x, training: bool = False):
+        """x (N, F) -> y (N, O), with F = in_features and O = out_features."""
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ShapeError(f"{self.name}: Dense expects input (N, {self.in_features}), got {tuple(x.shape)}"
+                             " (add a Flatten layer before it, or fix in_features)")
+        self._x = x
+        y = x @ self.params["W"].T
+        if self.use_bias:
+            y += self._effective_bias()
+        return y
+
+    def backward(self, dy):
+        """dy (N, O) -> dx (N, F); fills grads "W" (O, F) and "b" (O,) or (O, G)."""
+        x = self._x
+        self.grads["W"] = dy.T @ x
+        if self.use_bias:
+            db = dy.sum(axis=0)
+            b = self.params["b"]
+            self.grads["b"] = db if b.ndim == 1 else get_array_module(b).repeat(db[:, None], b.shape[1], axis=1)
+        return dy @ self.params["W"]
+
+
+@register_layer
+class Flatten(Layer):
+    """Collapse every axis but the batch axis."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(name)
+        self._shape = None
+
+    def forward(self, x, training: bool = False):
+        """x (N, d1, d2, ...) -> y (N, d1 * d2 * ...)."""
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        """dy (N, d1 * d2 * ...) -> dx (N, d1, d2, ...)."""
+        return dy.reshape(self._shape)
+
+
+@register_layer
+class Tanh(Layer):
+    """Element-wise hyperbolic tangent (the paper's activation)."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(name)
+        self._y = None
+
+    def forward(self, x, training: bool = False):
+        """x (any shape) -> y = tanh(x), same shape."""
+        xp = get_array_module(x)
+        self._y = xp.tanh(x)
+        return self._y
+
+    def backward(self, dy):
+        """dy (same shape) -> dx = dy * (1 - y**2)."""
+        return dy * (1 - self._y * self._y)
+
+
+@register_layer
+class ReLU(Layer):
+    """Element-wise max(x, 0)."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(name)
+        self._positive = None
+
+    def forward(self, x, training: bool = False):
+        """x (any shape) -> y = max(x, 0), same shape."""
+        self._positive = x > 0
+        return x * self._positive
+
+    def backward(self, dy):
+        """dy (same shape) -> dx = dy where x > 0, else 0 (subgradient 0 at the kink)."""
+        return dy * self._positive
+
+
+@register_layer
+class Dropout(Layer):
+    """Inverted dropout: in training zero each element with probability ``p`` and scale the rest by
+    1 / (1 - p), so evaluation (``training=False``) is the identity.
+
+    The mask comes from the layer's own generator, seeded by ``seed`` (or drawn from ``rng`` when no
+    seed is given), from the random module of the input's array library so it stays on the device.
+    For gradient checks set ``layer.freeze_mask = True`` after one training forward: later forwards
+    re-use the last mask (when the input shape is unchanged) instead of drawing a new one.
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None, rng=None, name: str | None = None):
+        super().__init__(name)
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+        if seed is None:
+            seed = int(_rng(rng).integers(2**31 - 1))
+        self.seed = int(seed)
+        self.freeze_mask = False
+        self._generator = None
+        self._generator_xp = None
+        self._mask = None  # last mask drawn (kept for freeze_mask)
+        self._applied = None  # mask used by the last forward (None after an evaluation forward)
+
+    def config(self) -> dict:
+        return {"p": self.p, "seed": self.seed, "name": self.name}
+
+    def _draw(self, xp, shape, dtype):
+        if self._generator is None or self._generator_xp is not xp:
+            self._generator = xp.random.default_rng(self.seed)
+            self._generator_xp = xp
+        keep = self._generator.random(shape, dtype=np.float32) >= self.p
+        return keep.astype(dtype) * (1.0 / (1.0 - self.p))
+
+    def forward(self, x, training: bool = False):
+        """x (any shape) -> y, same shape: x * mask / (1 - p) in training, x otherwise."""
+        if not training or self.p == 0.0:
+            self._applied = None
+            return x
+        xp = get_array_module(x)
+        reuse = self.freeze_mask and self._mask is not None and self._mask.shape == x.shape
+        if not reuse:
+            self._mask = self._draw(xp, x.shape, x.dtype)
+        else:
+            self._mask = to_device(self._mask, xp).astype(x.dtype, copy=False)
+        self._applied = self._mask
+        return x * self._mask
+
+    def backward(self, dy):
+        """dy (same shape) -> dx = dy * mask / (1 - p) (dy itself after an evaluation forward)."""
+        return dy if self._applied is None else dy * self._applied

@@ -1,0 +1,160 @@
+"""A chain of layers: forward in order, backward in reverse, plus the model-level conveniences
+(parameter listing, summary table, batched prediction, device/dtype moves, saving and loading).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actionrec.backend import get_array_module, to_device
+from actionrec.errors import ShapeError
+
+
+class Sequential:
+    """``Sequential(layers)``: ``y = model.forward(x, training)``, ``dx = model.backward(dy)``.
+
+    Layer names are made unique on construction ("dense", "dense_1", ...) because they qualify
+    parameter names ("dense_1.W") in optimizers and model files.
+    """
+
+    def __init__(self, layers, name: str | None = None):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential needs at least one layer")
+        self.name = name or "sequential"
+        self.metadata: dict = {}
+        taken: set[str] = set()
+        for layer in self.layers:
+            base, candidate, k = layer.name, layer.name, 0
+            while candidate in taken:
+                k += 1
+                candidate = f"{base}_{k}"
+            layer.name = candidate
+            taken.add(candidate)
+
+    # --- computation ----------------------------------------------------------------------------
+    def forward(self, x, training: bool = False):
+        """x (N, *input_shape) -> logits (N, *output_shape) through every layer in order."""
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """dy (N, *output_shape) -> dx (N, *input_shape), filling every layer's grads.
+
+        A layer whose backward returns None (a first convolution with ``input_grad=False``) ends the
+        chain: the layers before it get no gradient, and None is returned.
+        """
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+            if dy is None:
+                return None
+        return dy
+
+    def predict(self, x, batch_size: int = 64):
+        """x (N, *input_shape), numpy or cupy -> logits (N, K) in evaluation mode, on the model's device."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        xp = self.xp
+        dtype = self.dtype or np.float32
+        outputs = [self.forward(to_device(x[i:i + batch_size], xp).astype(dtype, copy=False), training=False)
+                   for i in range(0, len(x), batch_size)]
+        if not outputs:
+            raise ShapeError("predict got an empty input")
+        return xp.concatenate(outputs, axis=0)
+
+    # --- parameters -----------------------------------------------------------------------------
+    def named_parameters(self):
+        """Yield (qualified_name, param, grad) for every parameter; grad is None before any backward."""
+        for layer in self.layers:
+            for key, param in layer.params.items():
+                yield f"{layer.name}.{key}", param, layer.grads.get(key)
+
+    def named_buffers(self):
+        """Yield (qualified_name, buffer) for the non-trainable state (BatchNorm running statistics)."""
+        for layer in self.layers:
+            for key, buf in layer.buffers.items():
+                yield f"{layer.name}.{key}", buf
+
+    def num_parameters(self) -> int:
+        return sum(layer.num_parameters() for layer in self.layers)
+
+    def zero_grads(self):
+        for layer in self.layers:
+            layer.zero_grads()
+
+    @property
+    def xp(self):
+        """numpy or cupy: the module holding the parameters (numpy for a parameter-free model)."""
+        for _, p, _ in self.named_parameters():
+            return get_array_module(p)
+        return np
+
+    @property
+    def dtype(self):
+        for _, p, _ in self.named_parameters():
+            return p.dtype
+        return None
+
+    def to(self, xp):
+        """Move every parameter, gradient and buffer to ``xp`` (numpy or cupy); returns self."""
+        for layer in self.layers:
+            layer.to(xp)
+        return self
+
+    def astype(self, dtype):
+        """Cast every parameter, gradient and buffer to ``dtype``; returns self."""
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    # --- description ----------------------------------------------------------------------------
+    def summary(self, input_shape) -> str:
+        """A text table (#, layer, type, output shape, params) for per-sample ``input_shape``, and the total.
+
+        Shapes come from one evaluation forward of a batch of one zero sample.
+        """
+        xp = self.xp
+        x = xp.zeros((1,) + tuple(input_shape), dtype=self.dtype or np.float32)
+        rows = [("#", "layer", "type", "output shape", "params")]
+        rows.append(("", "input", "", str(tuple(input_shape)), ""))
+        for i, layer in enumerate(self.layers):
+            try:
+                x = layer.forward(x, training=False)
+            except ShapeError as exc:
+                raise ShapeError(f"summary for input shape {tuple(input_shape)}: {exc}") from None
+            rows.append((str(i), layer.name, type(layer).__name__, str(tuple(x.shape[1:])),
+                         f"{layer.num_parameters():,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        align = ["<", "<", "<", "<", ">"]
+        lines = ["  ".join(f"{v:{a}{w}}" for v, a, w in zip(r, align, widths)).rstrip() for r in rows]
+        rule = "-" * len(max(lines, key=len))
+        lines.insert(1, rule)
+        lines += [rule, f"total parameters: {self.num_parameters():,}"]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        inner = ",\n".join(f"  {layer.name}: {layer!r}" for layer in self.layers)
+        return f"Sequential(\n{inner}\n)"
+
+    # --- files ----------------------------------------------------------------------------------
+    def save(self, path, metadata: dict | None = None):
+        """Write the model to an HDF5 file atomically (see docs/model-format.md).
+
+        ``metadata`` (default: ``self.metadata``) is any nested dict of JSON values and arrays, e.g.
+        class names and preprocessing parameters.
+        """
+        from actionrec.nn.serialization import save_model
+
+        if metadata is not None:
+            self.metadata = dict(metadata)
+        save_model(path, self, self.metadata)
+
+    @classmethod
+    def load(cls, path) -> "Sequential":
+        """Read a model written by ``save`` (on numpy, in the stored dtype), with its ``.metadata``."""
+        from actionrec.nn.serialization import load_model
+
+        return load_model(path)

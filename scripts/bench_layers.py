@@ -1,0 +1,370 @@
+#!/usr/bin/env python
+"""Benchmark actionrec's layers and training steps, optionally against torch in the same process.
+
+For each workload it times forward+backward (layers) or a whole SGD training step (nets) and prints
+samples/s, effective GFLOP/s (nominal multiply-adds x 2 of forward, weight gradient and, where needed,
+input gradient), peak traced memory of our step, and, with ``--vs-torch``, the same for torch forms of
+the *same* network (built by translating our layers, weights copied) and the ratio ours / best torch.
+
+Torch forms of the Ji nets: ``conv3d`` (one nn.Conv3d per hardwired channel) and ``stacked2d`` (each
+group of kt consecutive frames stacked as input channels of an nn.Conv2d: torch's fastest form here).
+2D nets run torch in ``channels_last`` (its fastest CPU layout here) and default layout.
+
+    python scripts/bench_layers.py --vs-torch                 # full table, batch 32 and 128
+    python scripts/bench_layers.py --only ji-kth --batch 32   # one workload
+    python scripts/bench_layers.py --device gpu --vs-torch    # CuPy vs torch+cuDNN
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from actionrec.backend import array_module_for, to_numpy  # noqa: E402
+from actionrec.models import MODELS, build_model  # noqa: E402
+from actionrec.nn.losses import SoftmaxCrossEntropy  # noqa: E402
+from actionrec.nn.optim import SGD  # noqa: E402
+
+NETS = {  # workload -> (model name, classes)
+    "ji-kth": ("ji-kth", 6),
+    "ji-trecvid": ("ji-trecvid", 3),
+    "mnist": ("mnist-2conv", 10),
+    "cifar10": ("cifar-vgg", 10),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOP counting
+def layer_shapes(model, input_shape):
+    """[(layer, input shape, output shape)] for a batch-1 forward on zeros."""
+    xp = model.layers[0].xp
+    x = xp.zeros((1,) + tuple(input_shape), dtype=np.float32)
+    out = []
+    for layer in model.layers:
+        y = layer.forward(x, training=False)
+        out.append((layer, x.shape, y.shape))
+        x = y
+    return out
+
+
+def train_flops_per_sample(model, input_shape) -> float:
+    """2 x multiply-adds of forward + weight gradient + input gradient (skipped where input_grad=False)."""
+    total = 0.0
+    for layer, _, y_shape in layer_shapes(model, input_shape):
+        w = layer.params.get("W")
+        if w is None or w.ndim < 2:
+            continue  # element-wise layers, subsampling, batch norm: negligible
+        if type(layer).__name__ == "Dense":
+            macs = w.shape[0] * w.shape[1]
+        else:  # convolutions: each output element costs (C/groups) x kernel volume
+            per_out = int(np.prod(w.shape[-4:] if type(layer).__name__ == "SegmentConv3D" else w.shape[1:]))
+            macs = int(np.prod(y_shape[1:])) * per_out
+        passes = 3 if getattr(layer, "input_grad", True) else 2
+        total += 2.0 * macs * passes
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+def time_steps(step, sync, min_steps=3, min_seconds=2.0, warmup=1):
+    for _ in range(warmup):
+        step()
+    sync()
+    n, start = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - start < min_seconds:
+        step()
+        n += 1
+    sync()
+    return (time.perf_counter() - start) / n
+
+
+def our_step_fn(model, xp, batch, input_shape, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    x = xp.asarray(rng.standard_normal((batch,) + tuple(input_shape)).astype(np.float32))
+    y = xp.asarray(rng.integers(0, classes, batch))
+    crit = SoftmaxCrossEntropy()
+    opt = SGD(lr=1e-4, momentum=0.9)
+
+    def step():
+        logits = model.forward(x, training=True)
+        crit.forward(logits, y)
+        model.backward(crit.backward())
+        opt.step(model)
+
+    return step
+
+
+CONV_TYPES = ("Conv2D", "Conv3D", "SegmentConv3D")
+
+
+def layer_rows(model, spec, xp, batch, torch, tdev, sync, seconds):
+    """(name, ours s, best torch s, flops) for forward+backward of each convolution layer."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for index, (layer, in_shape, out_shape) in enumerate(layer_shapes(model, spec.input_shape)):
+        if type(layer).__name__ not in CONV_TYPES:
+            continue
+        x = xp.asarray(rng.standard_normal((batch,) + tuple(in_shape[1:])).astype(np.float32))
+        dy = xp.asarray(rng.standard_normal((batch,) + tuple(out_shape[1:])).astype(np.float32))
+
+        def step(layer=layer, x=x, dy=dy):
+            layer.forward(x, training=True)
+            layer.backward(dy)
+
+        ours = time_steps(step, sync, min_seconds=seconds)
+        best = None
+        if torch is not None:
+            forms = ["conv3d", "stacked2d"] if spec.kind == "video" else ["default", "channels_last"]
+            for form in forms:
+                tl = torch_model([layer], form, torch, tdev)
+                tx = torch.as_tensor(to_numpy(x), device=tdev)
+                tdy = torch.as_tensor(to_numpy(dy), device=tdev)
+                if form == "channels_last":
+                    tl = tl.to(memory_format=torch.channels_last)
+                    tx = tx.contiguous(memory_format=torch.channels_last)
+                tx.requires_grad_(getattr(layer, "input_grad", True))
+
+                def tstep(tl=tl, tx=tx, tdy=tdy):
+                    tl(tx).backward(tdy)
+
+                t = time_steps(tstep, sync, min_seconds=seconds)
+                best = t if best is None else min(best, t)
+        flops = train_flops_per_sample(_Single(layer), in_shape[1:])
+        rows.append((f"{index}:{layer.name}", ours, best, flops))
+    return rows
+
+
+class _Single:
+    """Adapter so ``train_flops_per_sample`` can count one layer."""
+
+    def __init__(self, layer):
+        self.layers = [layer]
+
+
+def peak_memory_mib(step) -> float:
+    """Peak numpy memory traced during one step (numpy reports its buffers to tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+# ----------------------------------------------------------------------------------------------
+# torch forms of our networks (weights copied, so the maths is the same)
+def torch_model(model, form, torch, device):
+    """nn.Sequential equivalent of our ``model`` (a Sequential or a list of layers), weights copied."""
+    nn, F = torch.nn, torch.nn.functional
+    layers = model if isinstance(model, (list, tuple)) else model.layers
+
+    def tensor(a):
+        return torch.as_tensor(np.ascontiguousarray(to_numpy(a)), device=device)
+
+    class SegmentConv(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            w, b = to_numpy(layer.params["W"]), to_numpy(layer.params["b"])
+            self.segments, self.groups, self.kt = tuple(layer.segments), layer.groups, w.shape[-3]
+            if w.ndim == 5:  # shared kernels
+                w, b = np.stack([w] * len(self.segments)), np.stack([b] * len(self.segments))
+            self.w = nn.ParameterList([nn.Parameter(tensor(ws)) for ws in w])
+            self.b = nn.ParameterList([nn.Parameter(tensor(bs)) for bs in b])
+            self.input_grad = getattr(layer, "input_grad", True)
+
+        def forward(self, x):
+            outs = []
+            for seg, w, b in zip(torch.split(x, self.segments, dim=2), self.w, self.b):
+                if form == "conv3d":
+                    outs.append(F.conv3d(seg, w, b, groups=self.groups))
+                else:  # stacked2d: windows of kt frames become input channels of a 2D conv
+                    n, c, t, h, wd = seg.shape
+                    t_out = t - self.kt + 1
+                    win = seg.unfold(2, self.kt, 1)  # (N, C, T', H, W, kt)
+                    win = win.permute(0, 2, 1, 5, 3, 4).reshape(n * t_out, c * self.kt, h, wd)
+                    o = w.shape[0]
+                    y = F.conv2d(win, w.reshape(o, -1, w.shape[-2], w.shape[-1]), b, groups=self.groups)
+                    outs.append(y.reshape(n, t_out, o, y.shape[-2], y.shape[-1]).permute(0, 2, 1, 3, 4))
+            return torch.cat(outs, dim=2)
+
+    class Subsampling(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.k = tuple(layer.kernel_size) if hasattr(layer, "kernel_size") else layer.config()["kernel_size"]
+            if isinstance(self.k, int):
+                self.k = (self.k, self.k)
+            self.w = nn.Parameter(tensor(layer.params["W"]))
+            self.b = nn.Parameter(tensor(layer.params["b"]))
+
+        def forward(self, x):
+            lead = x.shape[:-2]
+            y = F.avg_pool2d(x.reshape(x.shape[0], -1, *x.shape[-2:]), self.k) * (self.k[0] * self.k[1])
+            y = y.reshape(*lead, *y.shape[-2:])
+            return y * self.w[..., None, None] + self.b[..., None, None]
+
+    mods = []
+    for layer in layers:
+        kind, cfg = type(layer).__name__, layer.config()
+        if kind == "SegmentConv3D":
+            mods.append(SegmentConv(layer))
+        elif kind in ("Conv2D", "Conv3D"):
+            w = to_numpy(layer.params["W"])
+            conv = (nn.Conv2d if kind == "Conv2D" else nn.Conv3d)(
+                w.shape[1] * cfg.get("groups", 1), w.shape[0], w.shape[2:], stride=cfg.get("stride", 1),
+                padding=cfg.get("padding", 0), groups=cfg.get("groups", 1), bias="b" in layer.params)
+            conv.weight.data = tensor(w)
+            if "b" in layer.params:
+                conv.bias.data = tensor(layer.params["b"])
+            mods.append(conv)
+        elif kind == "Subsampling":
+            mods.append(Subsampling(layer))
+        elif kind == "Dense":
+            w = to_numpy(layer.params["W"])
+            lin = nn.Linear(w.shape[1], w.shape[0], bias="b" in layer.params)
+            lin.weight.data = tensor(w)
+            if "b" in layer.params:
+                b = to_numpy(layer.params["b"])
+                lin.bias.data = tensor(b.sum(axis=1) if b.ndim == 2 else b)
+            mods.append(lin)
+        elif kind in ("MaxPool2D", "MaxPool3D", "AvgPool2D", "AvgPool3D"):
+            cls = {"MaxPool2D": nn.MaxPool2d, "MaxPool3D": nn.MaxPool3d,
+                   "AvgPool2D": nn.AvgPool2d, "AvgPool3D": nn.AvgPool3d}[kind]
+            mods.append(cls(cfg["kernel_size"], cfg.get("stride") or cfg["kernel_size"]))
+        elif kind == "BatchNorm":
+            c = layer.params["W"].shape[0]
+            mods.append(_TorchBatchNorm(c, torch))
+        elif kind == "Tanh":
+            mods.append(nn.Tanh())
+        elif kind == "ReLU":
+            mods.append(nn.ReLU())
+        elif kind == "Flatten":
+            mods.append(nn.Flatten())
+        elif kind == "Dropout":
+            mods.append(nn.Dropout(cfg.get("p", 0.5)))
+        else:
+            raise SystemExit(f"bench: no torch translation for layer type {kind}")
+    return nn.Sequential(*mods).to(device)
+
+
+def _TorchBatchNorm(c, torch):
+    class BN(torch.nn.Module):  # any rank: normalise over all axes but 1, as ours
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(c)
+
+        def forward(self, x):
+            if x.dim() == 4:
+                return torch.nn.functional.batch_norm(x, self.bn.running_mean, self.bn.running_var,
+                                                      self.bn.weight, self.bn.bias, self.training)
+            return self.bn(x)
+
+    return BN()
+
+
+def torch_step_fn(tmodel, torch, device, batch, input_shape, classes, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch,) + tuple(input_shape), generator=g).to(device)
+    y = torch.randint(0, classes, (batch,), generator=g).to(device)
+    if channels_last:
+        tmodel = tmodel.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(tmodel.parameters(), lr=1e-4, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tmodel.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(tmodel(x), y).backward()
+        opt.step()
+
+    return step
+
+
+# ----------------------------------------------------------------------------------------------
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vs-torch", action="store_true", help="also time torch forms of the same nets")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--only", nargs="+", choices=sorted(NETS), help="workloads to run (default: all)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per row")
+    ap.add_argument("--layers", action="store_true", help="also time each convolution layer alone")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    args = ap.parse_args(argv)
+
+    xp = array_module_for(args.device)
+    torch = None
+    if args.vs_torch:
+        try:
+            import torch  # noqa: PLC0415
+        except ImportError:
+            raise SystemExit("bench: --vs-torch needs torch (pip install -e '.[bench]')") from None
+        torch.set_num_threads(args.threads)
+    tdev = "cuda" if args.device == "gpu" else "cpu"
+
+    if args.device == "gpu":
+        def sync():
+            xp.cuda.Device().synchronize()
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.synchronize()
+    else:
+        def sync():
+            return None
+
+    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}, numpy {np.__version__}"
+          + (f", torch {torch.__version__} ({args.threads} threads)" if torch else "")
+          + f"; device {args.device}")
+    header = f"{'workload':<12} {'impl':<22} {'batch':>5} {'samples/s':>10} {'GFLOP/s':>8} {'ms/step':>9} {'peak MiB':>9} {'ours/best torch':>15}"
+    print(header)
+    print("-" * len(header))
+    for work in args.only or list(NETS):
+        model_name, classes = NETS[work]
+        build_model(model_name, classes)  # registers models; fails early with a clear error
+        spec = MODELS[model_name]
+        model = build_model(model_name, classes, rng=np.random.default_rng(0))
+        flops = train_flops_per_sample(model, spec.input_shape)
+        model.to(xp)
+        for batch in args.batch:
+            rows = []
+            step = our_step_fn(model, xp, batch, spec.input_shape, classes)
+            sec = time_steps(step, sync, min_seconds=args.seconds)
+            peak = peak_memory_mib(step) if args.device == "cpu" else float("nan")
+            rows.append(("actionrec (" + ("numpy" if args.device == "cpu" else "cupy") + ")", sec, peak))
+            best_torch = None
+            if torch is not None:
+                forms = ["conv3d", "stacked2d"] if spec.kind == "video" else ["default", "channels_last"]
+                for form in forms:
+                    tmodel = torch_model(model, form, torch, tdev)
+                    tstep = torch_step_fn(tmodel, torch, tdev, batch, spec.input_shape, classes,
+                                          channels_last=(form == "channels_last"))
+                    tsec = time_steps(tstep, sync, min_seconds=args.seconds)
+                    rows.append((f"torch {form}", tsec, float("nan")))
+                    best_torch = tsec if best_torch is None else min(best_torch, tsec)
+                    del tmodel, tstep
+                    gc.collect()
+            for impl, s, peak_mib in rows:
+                ratio = f"{best_torch / s:.2f}x" if (best_torch and impl.startswith("actionrec")) else ""
+                print(f"{work:<12} {impl:<22} {batch:>5} {batch / s:>10.1f} {flops * batch / s / 1e9:>8.1f} "
+                      f"{s * 1e3:>9.1f} {peak_mib:>9.0f} {ratio:>15}", flush=True)
+            del step
+            gc.collect()
+            if args.layers:
+                for name, ours, best, lflops in layer_rows(model, spec, xp, batch, torch, tdev, sync, args.seconds / 2):
+                    ratio = f"{best / ours:.2f}x" if best else ""
+                    print(f"{'  ' + name:<12} {'layer fwd+bwd':<22} {batch:>5} {batch / ours:>10.1f} "
+                          f"{lflops * batch / ours / 1e9:>8.1f} {ours * 1e3:>9.1f} {'':>9} {ratio:>15}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

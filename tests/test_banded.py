@@ -1,0 +1,74 @@
+"""The banded (block-Toeplitz) 2D convolution against an independent einsum reference, and its
+gradients against centred finite differences in float64."""
+
+import numpy as np
+import pytest
+
+from actionrec.nn.banded import banded_conv2d, banded_conv2d_backward, choose_tile
+from actionrec.nn.gradcheck import numerical_gradient, relative_error
+
+
+def reference_conv2d(x, w):
+    windows = np.lib.stride_tricks.sliding_window_view(x, w.shape[2:], axis=(2, 3))  # M,C,Ho,Wo,kh,kw
+    return np.einsum("mchwij,pcij->mphw", windows, w)
+
+
+SHAPES = [  # (M, C, H, W, P, kh, kw, b)
+    (2, 1, 9, 11, 6, 3, 4, None),
+    (3, 2, 7, 8, 3, 2, 3, 1),
+    (1, 1, 12, 17, 2, 7, 9, 8),
+    (2, 3, 6, 6, 4, 3, 3, 5),   # tile wider than needed for the last tile: padding path
+    (1, 2, 5, 9, 1, 5, 1, None),  # kw == 1
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_matches_reference(shape, dtype):
+    m, c, h, wd, p, kh, kw, b = shape
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((m, c, h, wd)).astype(dtype)
+    w = rng.standard_normal((p, c, kh, kw)).astype(dtype)
+    y = banded_conv2d(x, w, b)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    assert y.shape == (m, p, h - kh + 1, wd - kw + 1)
+    np.testing.assert_allclose(y, reference_conv2d(x, w), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gradients_match_finite_differences(shape):
+    m, c, h, wd, p, kh, kw, b = shape
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((m, c, h, wd))
+    w = rng.standard_normal((p, c, kh, kw))
+    dy = rng.standard_normal((m, p, h - kh + 1, wd - kw + 1))
+    dw, dx = banded_conv2d_backward(x, w, dy, b)
+    assert relative_error(dw, numerical_gradient(lambda: banded_conv2d(x, w, b), w, dy)) < 1e-6
+    assert relative_error(dx, numerical_gradient(lambda: banded_conv2d(x, w, b), x, dy)) < 1e-6
+    dw_only, none = banded_conv2d_backward(x, w, dy, b, need_dx=False)
+    assert none is None
+    np.testing.assert_allclose(dw_only, dw, rtol=1e-12)
+
+
+def test_chunking_does_not_change_results(monkeypatch):
+    import actionrec.nn.banded as banded
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 1, 10, 12))
+    w = rng.standard_normal((2, 1, 3, 3))
+    dy = rng.standard_normal((5, 2, 8, 10))
+    whole = banded_conv2d(x, w), *banded_conv2d_backward(x, w, dy)
+    monkeypatch.setattr(banded, "_ROWS_PER_CHUNK", 1)  # one item per chunk
+    parts = banded_conv2d(x, w), *banded_conv2d_backward(x, w, dy)
+    for a, b in zip(whole, parts):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_tile_choice_and_errors():
+    assert choose_tile(6, 72, 9) == 8      # Ji first layer: 2 kernels x 3 temporal taps
+    assert choose_tile(64, 30, 3) == 1     # many maps: plain im2col
+    assert choose_tile(2, 3, 3) == 3       # never wider than the output
+    with pytest.raises(ValueError, match="larger than the input"):
+        banded_conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 4, 4)))
+    with pytest.raises(ValueError, match="channels"):
+        banded_conv2d(np.zeros((1, 2, 5, 5)), np.zeros((1, 1, 3, 3)))
