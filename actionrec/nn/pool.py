@@ -1,0 +1,183 @@
+"""Pooling layers: max and average pooling (2D, 3D) and LeNet/Ji trainable subsampling.
+
+Pooling reads windows through a zero-copy strided view (``window_view``) and sends gradients back with
+``fold_add`` (one vectorised add per kernel tap). No padding; a trailing remainder that does not fill a
+window is dropped (floor), as torch does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from actionrec.backend import get_array_module
+from actionrec.errors import ShapeError
+from actionrec.nn.base import Layer, register_layer
+from actionrec.nn.im2col import as_tuple, contiguous_copy, fold_add, output_size, window_view
+from actionrec.nn.init import initial_weights
+
+_AXES = {2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
+
+
+def _check_windows_fit(layer, x_shape, kernel, out):
+    if min(out) < 1:
+        raise ShapeError(f"{layer.name}: kernel {tuple(kernel)} is larger than the input {tuple(x_shape)}; "
+                         f"use a smaller kernel or a larger input")
+
+
+class _PoolND(Layer):
+    """Shared constructor, validation and window geometry for MaxPool / AvgPool in 2D and 3D."""
+
+    ndim = 0
+
+    def __init__(self, kernel_size, stride=None, name=None):
+        super().__init__(name)
+        self.kernel_size = as_tuple(kernel_size, self.ndim, "kernel_size")
+        self.stride = self.kernel_size if stride is None else as_tuple(stride, self.ndim, "stride")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1:
+            raise ValueError("kernel_size and stride must be >= 1")
+        self._cache = None
+
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "name": self.name}
+
+    def output_shape(self, input_shape):
+        """Output shape for ``input_shape``; ShapeError when the rank is wrong or a window does not fit."""
+        if len(input_shape) != self.ndim + 2:
+            raise ShapeError(f"{self.name}: expected input of shape {_AXES[self.ndim]}, got {tuple(input_shape)}")
+        out = tuple(output_size(s, k, st) for s, k, st in zip(input_shape[2:], self.kernel_size, self.stride))
+        _check_windows_fit(self, input_shape, self.kernel_size, out)
+        return tuple(input_shape[:2]) + out
+
+    def _windows(self, x):
+        """x (N, C, *S) -> strided view (N, C, *S', *kernel) after checking the rank and fit."""
+        self.output_shape(x.shape)
+        return window_view(x, self.kernel_size, self.stride)
+
+    def _fold(self, window_grads, x_shape):
+        """(N, C, *S', *kernel) window gradients -> dx (N, C, *S) (zeros in the dropped remainder)."""
+        return fold_add(window_grads, x_shape[2:], self.kernel_size, self.stride)
+
+
+class _MaxPoolND(_PoolND):
+    def forward(self, x, training=False):
+        windows = self._windows(x)
+        flat = contiguous_copy(windows).reshape(windows.shape[: 2 + self.ndim] + (-1,))
+        winner = flat.argmax(axis=-1)  # first maximum: ties send the gradient to one element, as torch
+        self._cache = (winner, x.shape)
+        return flat.max(axis=-1)
+
+    def backward(self, dy):
+        xp = get_array_module(dy)
+        winner, x_shape = self._cache
+        taps = xp.arange(math.prod(self.kernel_size))
+        window_grads = (taps == winner[..., None]) * dy[..., None]
+        return self._fold(window_grads.reshape(dy.shape + self.kernel_size), x_shape)
+
+
+class _AvgPoolND(_PoolND):
+    def forward(self, x, training=False):
+        windows = self._windows(x)
+        self._cache = x.shape
+        return windows.mean(axis=tuple(range(-self.ndim, 0)))
+
+    def backward(self, dy):
+        xp = get_array_module(dy)
+        share = dy / math.prod(self.kernel_size)
+        window_grads = xp.broadcast_to(share.reshape(dy.shape + (1,) * self.ndim), dy.shape + self.kernel_size)
+        return self._fold(window_grads, self._cache)
+
+
+@register_layer
+class MaxPool2D(_MaxPoolND):
+    """Max pooling: x (N, C, H, W) -> y (N, C, H', W'), H' = (H - kh) // sh + 1; backward mirrors."""
+
+    ndim = 2
+
+
+@register_layer
+class MaxPool3D(_MaxPoolND):
+    """Max pooling: x (N, C, T, H, W) -> y (N, C, T', H', W'), T' = (T - kt) // st + 1; backward mirrors."""
+
+    ndim = 3
+
+
+@register_layer
+class AvgPool2D(_AvgPoolND):
+    """Average pooling: x (N, C, H, W) -> y (N, C, H', W'), H' = (H - kh) // sh + 1; backward mirrors."""
+
+    ndim = 2
+
+
+@register_layer
+class AvgPool3D(_AvgPoolND):
+    """Average pooling: x (N, C, T, H, W) -> y (N, C, T', H', W'); backward mirrors."""
+
+    ndim = 3
+
+
+@register_layer
+class Subsampling(Layer):
+    """LeNet / Ji et al. trainable subsampling over the last two axes (non-overlapping kh x kw windows).
+
+    forward: x (N, *map_shape, H, W) -> y (N, *map_shape, H // kh, W // kw),
+    y[n, m, i, j] = W[m] * sum(window (i, j) of x[n, m]) + b[m]; remainder rows/columns are dropped.
+    Params "W", "b" of shape map_shape: one coefficient and one bias per 2D map (W starts at the
+    average, 1 / (kh * kw), with init="average"). backward: dy of the output shape -> dx of x's shape.
+    """
+
+    def __init__(self, kernel_size, map_shape, init="average", rng=None, dtype="float32", name=None):
+        super().__init__(name)
+        self.kernel_size = as_tuple(kernel_size, 2, "kernel_size")
+        if min(self.kernel_size) < 1:
+            raise ValueError("kernel_size must be >= 1")
+        self.map_shape = (int(map_shape),) if isinstance(map_shape, int) else tuple(int(m) for m in map_shape)
+        self.init = init
+        dtype = np.dtype(dtype)
+        area = math.prod(self.kernel_size)
+        if init == "average":
+            self.params["W"] = np.full(self.map_shape, 1.0 / area, dtype=dtype)
+        else:
+            self.params["W"] = initial_weights(self.map_shape, area, 1, init, rng, dtype)
+        self.params["b"] = np.zeros(self.map_shape, dtype=dtype)
+        self._cache = None
+
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "map_shape": list(self.map_shape), "init": self.init,
+                "dtype": np.dtype(self.dtype).name, "name": self.name}
+
+    def output_shape(self, input_shape):
+        """Output shape for ``input_shape``; ShapeError when the maps or the window size do not fit."""
+        if len(input_shape) != len(self.map_shape) + 3 or tuple(input_shape[1:-2]) != self.map_shape:
+            expected = "(N, " + ", ".join(str(m) for m in self.map_shape) + ", H, W)"
+            raise ShapeError(f"{self.name}: expected input of shape {expected}, got {tuple(input_shape)}")
+        (kh, kw), (h, w) = self.kernel_size, input_shape[-2:]
+        _check_windows_fit(self, input_shape, self.kernel_size, (h // kh, w // kw))
+        return tuple(input_shape[:-2]) + (h // kh, w // kw)
+
+    def _per_map(self, a):
+        """(*map_shape) parameter -> broadcastable against (N, *map_shape, H', W')."""
+        return a.reshape((1,) + self.map_shape + (1, 1))
+
+    def forward(self, x, training=False):
+        hh, ww = self.output_shape(x.shape)[-2:]  # validates
+        kh, kw = self.kernel_size
+        blocks = x[..., : hh * kh, : ww * kw].reshape(x.shape[:-2] + (hh, kh, ww, kw))
+        sums = blocks.sum(axis=(-3, -1))
+        self._cache = (sums, x.shape)
+        return sums * self._per_map(self.params["W"]) + self._per_map(self.params["b"])
+
+    def backward(self, dy):
+        xp = get_array_module(dy)
+        sums, x_shape = self._cache
+        batch_and_grid = (0, dy.ndim - 2, dy.ndim - 1)
+        self.grads["W"] = (dy * sums).sum(axis=batch_and_grid)
+        self.grads["b"] = dy.sum(axis=batch_and_grid)
+        kh, kw = self.kernel_size
+        hh, ww = dy.shape[-2:]
+        spread = (dy * self._per_map(self.params["W"]))[..., :, None, :, None]
+        dx = xp.zeros(x_shape, dtype=dy.dtype)
+        dx[..., : hh * kh, : ww * kw] = xp.broadcast_to(spread, dy.shape[:-2] + (hh, kh, ww, kw)).reshape(
+            dy.shape[:-2] + (hh * kh, ww * kw))
+        return dx
