@@ -77,16 +77,17 @@ def _train(model, x, y, steps, batch, lr):
     return (model.predict(x).argmax(axis=1) == y).mean()
 
 
-def test_numpycnn_learns_real_mnist_slice():
+@pytest.mark.parametrize("name", ["lenet5"])
+def test_learns_real_mnist_slice(name):
     from actionrec.datasets.images import ImageArraySource
     from actionrec.datasets.mnist import load_mnist
 
     data = load_mnist(shared_path("mnist"))
     train = ImageArraySource(*data["train"])
-    x, y = train.batch(np.arange(300))
-    model = build_model("numpycnn", 10, rng=0)
+    x, y = train.batch(np.arange(256))
+    model = build_model(name, 10, rng=0)
     before = (model.predict(x).argmax(axis=1) == y).mean()
-    after = _train(model, x, y, steps=40, batch=32, lr=2e-3)
+    after = _train(model, x, y, steps=30, batch=32, lr=2e-3)
     assert before < 0.3 and after > 0.85
 
 
