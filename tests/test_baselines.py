@@ -28,7 +28,7 @@ PARAMETERS = {
 @pytest.mark.parametrize("name, shape", sorted(PARAMETERS))
 def test_shapes_and_parameter_counts(name, shape):
     assert MODELS[name].kind == "image"
-    model = build_model(name, 10, input_shape=shape, rng=0)
+    model = build_model(name, 10, input_shape=shape, seed=0)
     assert model.num_parameters() == PARAMETERS[(name, shape)]
     logits = model.forward(np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32))
     assert logits.shape == (2, 10) and logits.dtype == np.float32
@@ -38,7 +38,7 @@ def test_shapes_and_parameter_counts(name, shape):
 @pytest.mark.parametrize("name", ["lenet5", "numpycnn", "mnist-2conv", "cifar-vgg"])
 def test_backward_fills_every_gradient(name):
     shape = MODELS[name].input_shape
-    model = build_model(name, 4, rng=1)
+    model = build_model(name, 4, seed=1)
     x = np.random.default_rng(2).standard_normal((3,) + shape).astype(np.float32)
     crit = SoftmaxCrossEntropy()
     crit.forward(model.forward(x, training=True), np.array([0, 1, 3]))
@@ -49,18 +49,20 @@ def test_backward_fills_every_gradient(name):
 
 
 def test_seed_fixes_weights():
-    a = [p.copy() for _, p, _ in build_model("lenet5", 10, rng=3).named_parameters()]
-    b = [p for _, p, _ in build_model("lenet5", 10, rng=3).named_parameters()]
-    c = [p for _, p, _ in build_model("lenet5", 10, rng=4).named_parameters()]
+    a = [p.copy() for _, p, _ in build_model("lenet5", 10, seed=3).named_parameters()]
+    b = [p for _, p, _ in build_model("lenet5", 10, seed=3).named_parameters()]
+    c = [p for _, p, _ in build_model("lenet5", 10, seed=4).named_parameters()]
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     assert not all(np.array_equal(u, v) for u, v in zip(a, c))
 
 
 def test_tanh_lenet_and_bad_options():
-    model = build_model("lenet5", 10, activation="tanh", rng=0)
+    model = build_model("lenet5", 10, activation="tanh", seed=0)
     assert any(type(layer).__name__ == "Tanh" for layer in model.layers)
     with pytest.raises(ActionrecError, match="unknown activation 'gelu'"):
         build_model("lenet5", 10, activation="gelu")
+    with pytest.raises(ActionrecError, match="convs_per_stage"):
+        build_model("cifar-vgg", 10, convs_per_stage=(2, 2))
     with pytest.raises(ActionrecError, match="input_shape must be"):
         build_model("numpycnn", 10, input_shape=(28, 28))
 
@@ -85,7 +87,7 @@ def test_learns_real_mnist_slice(name):
     data = load_mnist(shared_path("mnist"))
     train = ImageArraySource(*data["train"])
     x, y = train.batch(np.arange(256))
-    model = build_model(name, 10, rng=0)
+    model = build_model(name, 10, seed=0)
     before = (model.predict(x).argmax(axis=1) == y).mean()
     after = _train(model, x, y, steps=30, batch=32, lr=2e-3)
     assert before < 0.3 and after > 0.85
@@ -97,5 +99,11 @@ def test_cifar_vgg_fits_a_small_generated_set():
     y = np.arange(40) % 4
     x = rng.standard_normal((40, 3, 16, 16)).astype(np.float32) * 0.5
     x[np.arange(40), y % 3] += np.where(y < 3, 1.5, -1.5)[:, None, None]
-    model = build_model("cifar-vgg", 4, input_shape=(3, 16, 16), widths=(8, 16), rng=0)
+    model = build_model("cifar-vgg", 4, input_shape=(3, 16, 16), widths=(8, 16), seed=0)
     assert _train(model, x, y, steps=30, batch=20, lr=5e-3) > 0.9
+
+
+def test_cifar_vgg_stage_counts():
+    model = build_model("cifar-vgg", 10, widths=(32, 64, 128), convs_per_stage=(1, 2, 1), seed=0)
+    assert sum(type(layer).__name__ == "Conv2D" for layer in model.layers) == 4
+    assert model.forward(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10)

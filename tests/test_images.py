@@ -43,6 +43,10 @@ def test_augmentation_reproducible_and_resumable(rng):
     assert not np.array_equal(a, b)
     src.load_state_dict(state)
     np.testing.assert_array_equal(src.batch(np.arange(8))[0], a)
+    src.set_epoch(0, 3)
+    c, _ = src.batch(np.arange(8))
+    src.set_epoch(0, 3)
+    np.testing.assert_array_equal(src.batch(np.arange(8))[0], c)
 
 
 def test_subset_keeps_normalisation(rng):

@@ -88,6 +88,10 @@ class ImageArraySource:
         x = x.astype(np.float32) * self._scale + self._shift
         return x, self.labels[indices]
 
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Reseed the augmentation from (seed, epoch): the Trainer calls this so resumed runs match."""
+        self.rng = np.random.default_rng([int(seed), int(epoch), 7])
+
     def state_dict(self) -> dict:
         """The augmentation generator's state, so a resumed run draws the same crops and flips."""
         return {"rng": self.rng.bit_generator.state}

@@ -1,8 +1,9 @@
 """2D baselines for MNIST and CIFAR-10, built from the same layers as the 3D action nets.
 
-Every builder is ``builder(num_classes, input_shape=None, activation=..., rng=None, dtype="float32")``
+Every builder is ``builder(num_classes, input_shape=None, activation=..., seed=0, dtype="float32")``
 and returns a ``Sequential``. ``input_shape`` is (C, H, W) (default: the model's registered shape);
-``rng`` is a seed or ``np.random.Generator`` shared by all layers in order, so a seed fixes the model.
+``seed`` (an int or a ``np.random.Generator``) feeds one generator that all layers draw from in
+order, so a seed fixes the model.
 
 - ``lenet5``: LeCun et al. 1998 as cnn_np does it: conv5x5-6, pool, conv5x5-16, pool, dense 120, 84,
   classes. On 28 x 28 inputs the first convolution pads by 2 (the paper's 32 x 32 frame). Max pooling
@@ -12,7 +13,8 @@ and returns a ``Sequential``. ``input_shape`` is (C, H, W) (default: the model's
 - ``mnist-2conv``: two 5x5 convolutions (32, 64 maps, valid) each followed by ReLU and 2x2 max pooling,
   dense 256, dropout 0.5, classes: the net that reaches >= 99.3% on MNIST within minutes on 2 cores.
 - ``cifar-vgg``: VGG-style stages of two conv3x3 (padding 1) + BatchNorm + ReLU and a 2x2 max pool,
-  widths (32, 64, 128) by default, then dropout and a dense classifier.
+  widths (32, 64, 128) by default (``convs_per_stage`` an int or one count per stage), then dropout
+  and a dense classifier.
 """
 
 from __future__ import annotations
@@ -56,10 +58,10 @@ def _init_for(activation: str) -> str:
     return "he" if activation == "relu" else "xavier"
 
 
-def build_lenet5(num_classes, input_shape=None, activation="relu", rng=None, dtype="float32"):
+def build_lenet5(num_classes, input_shape=None, activation="relu", seed=0, dtype="float32"):
     conv, pool, layers, _, sequential = _nn()
     c, h, w = _shape(input_shape, MNIST_SHAPE)
-    rng = np.random.default_rng(rng)
+    rng = np.random.default_rng(seed)
     init = _init_for(activation)
     pad = 2 if (h, w) == (28, 28) else 0
     h1, w1 = (h + 2 * pad - 4) // 2, (w + 2 * pad - 4) // 2
@@ -79,10 +81,10 @@ def build_lenet5(num_classes, input_shape=None, activation="relu", rng=None, dty
     return sequential.Sequential(net, name="lenet5")
 
 
-def build_numpycnn(num_classes, input_shape=None, activation="relu", rng=None, dtype="float32"):
+def build_numpycnn(num_classes, input_shape=None, activation="relu", seed=0, dtype="float32"):
     conv, pool, layers, _, sequential = _nn()
     c, h, w = _shape(input_shape, MNIST_SHAPE)
-    rng = np.random.default_rng(rng)
+    rng = np.random.default_rng(seed)
     init = _init_for(activation)
     net = [
         conv.Conv2D(c, 32, 5, init=init, rng=rng, dtype=dtype, input_grad=False),
@@ -95,11 +97,11 @@ def build_numpycnn(num_classes, input_shape=None, activation="relu", rng=None, d
     return sequential.Sequential(net, name="numpycnn")
 
 
-def build_mnist_2conv(num_classes, input_shape=None, activation="relu", rng=None, dtype="float32",
+def build_mnist_2conv(num_classes, input_shape=None, activation="relu", seed=0, dtype="float32",
                       widths=(32, 64), hidden=256, dropout=0.5):
     conv, pool, layers, _, sequential = _nn()
     c, h, w = _shape(input_shape, MNIST_SHAPE)
-    rng = np.random.default_rng(rng)
+    rng = np.random.default_rng(seed)
     init = _init_for(activation)
     w1, w2 = widths
     side_h, side_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
@@ -117,16 +119,19 @@ def build_mnist_2conv(num_classes, input_shape=None, activation="relu", rng=None
     return sequential.Sequential(net, name="mnist-2conv")
 
 
-def build_cifar_vgg(num_classes, input_shape=None, activation="relu", rng=None, dtype="float32",
+def build_cifar_vgg(num_classes, input_shape=None, activation="relu", seed=0, dtype="float32",
                     widths=(32, 64, 128), convs_per_stage=2, dropout=0.3):
     conv, pool, layers, normalization, sequential = _nn()
     c, h, w = _shape(input_shape, CIFAR_SHAPE)
-    rng = np.random.default_rng(rng)
+    rng = np.random.default_rng(seed)
     init = _init_for(activation)
+    counts = (convs_per_stage,) * len(widths) if isinstance(convs_per_stage, int) else tuple(convs_per_stage)
+    if len(counts) != len(widths) or min(counts) < 1:
+        raise ActionrecError(f"convs_per_stage {convs_per_stage} must be >= 1 for each of the {len(widths)} stages")
     net = []
     channels = c
-    for width in widths:
-        for _ in range(convs_per_stage):
+    for width, count in zip(widths, counts):
+        for _ in range(count):
             # No conv bias: BatchNorm's beta replaces it.
             net.append(conv.Conv2D(channels, width, 3, padding=1, bias=False, init=init, rng=rng,
                                    dtype=dtype, input_grad=bool(net)))
