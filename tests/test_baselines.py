@@ -141,6 +141,25 @@ def test_baseline_command_trains_evaluates_and_resumes(tmp_path, rng, capsys):
     assert float(capsys.readouterr().out.split("test accuracy: ")[1].split()[0]) == accuracy
 
 
+def test_baseline_command_on_cifar_format_with_augmentation(tmp_path, capsys):
+    pytest.importorskip("actionrec.training", reason="the training loop is not on this branch yet (merge main)")
+    from actionrec.cli import main
+    from actionrec.datasets.cifar10 import write_batch
+
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1.bin", 200), ("test_batch.bin", 50)):
+        y = np.arange(n) % 3  # the dominant colour channel is the class
+        x = rng.integers(0, 80, (n, 3, 32, 32))
+        x[np.arange(n), y] += 150
+        write_batch(tmp_path / name, x, y)
+    out = tmp_path / "c.h5"
+    assert main(["baseline", "cifar10", "--data", str(tmp_path), "--model", "lenet5", "--epochs", "2",
+                 "--batch-size", "20", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert float(printed.split("test accuracy: ")[1].split()[0]) > 0.9
+    assert "airplane" in printed  # default class names without batches.meta.txt
+
+
 def test_baseline_command_errors(tmp_path, capsys):
     from actionrec.cli import main
 
