@@ -35,6 +35,14 @@ def test_round_trip(tmp_path, rng, gz):
         assert y.dtype == np.int64
 
 
+def test_dotted_file_names_accepted(tmp_path, rng):
+    written = _write_set(tmp_path, rng, gz=False)
+    for path in list(tmp_path.iterdir()):
+        path.rename(tmp_path / path.name.replace("-idx", ".idx"))
+    assert sorted(p.name for p in tmp_path.iterdir())[0] == "t10k-images.idx3-ubyte"
+    np.testing.assert_array_equal(load_mnist(tmp_path)["train"][0], written["train"][0])
+
+
 def test_header_bytes_are_official(tmp_path):
     # Hand-written header: magic 0x00000803, then N, rows, cols big-endian.
     path = tmp_path / "img"

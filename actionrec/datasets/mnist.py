@@ -19,7 +19,8 @@ LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 NUM_CLASSES = 10
 CLASSES = [str(d) for d in range(NUM_CLASSES)]
 
-# Official stems; a file may be stored as `<stem>` or `<stem>.gz` (some copies use `-idx3.ubyte`).
+# Official stems; a file may be stored as `<stem>` or `<stem>.gz` (some copies, as Kaggle's, name
+# them `train-images.idx3-ubyte`).
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -74,8 +75,8 @@ def read_idx(path, expected_magic: int) -> np.ndarray:
 
 
 def _find(directory: Path, stem: str) -> Path:
-    """The file for ``stem`` in ``directory``: raw or .gz, with '-' or '.' before 'ubyte'."""
-    dotted = stem.replace("-ubyte", ".ubyte")
+    """The file for ``stem`` in ``directory``: raw or .gz, with '-' or '.' before 'idx'."""
+    dotted = stem.replace("-idx", ".idx")
     for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         candidate = directory / name
         if candidate.is_file():
