@@ -20,7 +20,7 @@ from actionrec.backend import to_device, to_numpy
 def model_preprocessing(model, model_path) -> dict:
     """The preprocessing settings stored in a video model, or a one-line error for other models."""
     prep = model.metadata.get("preprocessing")
-    if not prep:
+    if not prep or "frames" not in prep:  # 2D image models store their image normalisation here
         raise ActionrecError(f"{model_path} has no video preprocessing settings (is it a 2D image model?): "
                              "classify needs a 3D model trained with 'actionrec train'")
     return dict(prep)

@@ -83,6 +83,10 @@ def test_models_without_video_preprocessing_or_of_another_size_are_refused(tiny_
     with pytest.raises(ActionrecError, match="no video preprocessing"):
         classify_clip(model, a_clip(tiny_data), model_path="m.h5")
     model = load_model_file(tiny_model)
+    model.metadata["preprocessing"] = {"normalization": {"mean": [0.1], "std": [0.3]}}  # as 2D baselines store
+    with pytest.raises(ActionrecError, match="no video preprocessing"):
+        classify_clip(model, a_clip(tiny_data), model_path="m.h5")
+    model = load_model_file(tiny_model)
     model.metadata["input_shape"] = [1, 43, 60, 80]
     with pytest.raises(ActionrecError, match="expects cubes of shape"):
         classify_clip(model, a_clip(tiny_data))
