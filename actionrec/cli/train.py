@@ -160,8 +160,8 @@ def cmd_models(args) -> int:
         n = build_model(name, classes).num_parameters()
         rows.append((name, spec.kind, "x".join(map(str, spec.input_shape)), f"{n:,} ({classes} classes)",
                      spec.description))
-    widths = [max(len(r[i]) for r in rows + [("model", "kind", "input (C,T,H,W)", "params", "")]) for i in range(4)]
-    header = ("model", "kind", "input (C,T,H,W)", "params")
+    widths = [max(len(r[i]) for r in rows + [("model", "kind", "input (C,T,H,W | C,H,W)", "params", "")]) for i in range(4)]
+    header = ("model", "kind", "input (C,T,H,W | C,H,W)", "params")
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  description")
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
