@@ -292,6 +292,37 @@ def _fold(d_a, dx_tiles, n0, n1, group, t0, t1, g: _Geometry):
                     src[..., q * g.b:q * g.b + width]
 
 
+def _flipped_kernels(W, groups: int):
+    """Kernels of the adjoint convolution: W (O, C/g, kt, *ks) -> (C, O/g, kt, *ks), every axis of the
+    kernel reversed and, within each group, input and output channels swapped."""
+    xp = get_array_module(W)
+    o, cg = W.shape[:2]
+    blocks = W.reshape((groups, o // groups, cg) + W.shape[2:]).swapaxes(1, 2)
+    flipped = blocks[(Ellipsis,) + (slice(None, None, -1),) * (W.ndim - 2)]
+    return xp.ascontiguousarray(flipped.reshape((groups * cg, o // groups) + W.shape[2:]))
+
+
+def _input_gradient_by_adjoint(dout, cache):
+    """dx of the padded input for stride 1: the "full" correlation of dout with the flipped kernels,
+    run through ``banded_conv_forward`` (no fold). Each segment of dout is zero-padded by k - 1 on both
+    sides of every axis, so its output has exactly the segment's input frames and size."""
+    xp = get_array_module(dout)
+    x, _, _, kernels, starts, out_starts, g = cache
+    pads = (g.kt - 1,) + tuple(k - 1 for k in g.ks)
+    lengths = [o1 - o0 + 2 * pads[0] for o0, o1 in zip(out_starts[:-1], out_starts[1:])]
+    padded_starts = [0] + list(itertools.accumulate(lengths))
+    spatial = tuple(s + 2 * p for s, p in zip(dout.shape[3:], pads[1:]))
+    dpad = xp.zeros(dout.shape[:2] + (padded_starts[-1],) + spatial, dtype=dout.dtype)
+    inner = tuple(slice(p, p + s) for p, s in zip(pads[1:], dout.shape[3:]))
+    for seg in range(len(kernels)):
+        frames = slice(padded_starts[seg] + pads[0], padded_starts[seg + 1] - pads[0])
+        dpad[(slice(None), slice(None), frames) + inner] = dout[:, :, out_starts[seg]:out_starts[seg + 1]]
+    flipped = [_flipped_kernels(W, g.groups) for W in kernels]
+    dx, _ = banded_conv_forward(dpad, flipped, [None] * len(kernels), padded_starts, (1,) * len(pads),
+                                (0,) * len(pads), g.groups)
+    return dx
+
+
 def banded_conv_backward(dout, cache, need_dx: bool = True):
     """Mirror of ``banded_conv_forward``: dout (N, O, sum T'_s, *S')
     -> (dx (N, C, T, *S) or None, [dW per segment], [db (O,) per segment]).
@@ -307,7 +338,10 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
     dy = xp.ascontiguousarray(dout) if tiled == g.out[-1] else pad_input(dout, (0,) * (d + 1), tiled)
     dy = dy.reshape(dy.shape[:-1] + (g.ntile, g.b))
     dx = dx_tiles = None
-    if need_dx:
+    by_adjoint = need_dx and g.st == 1 and set(g.ss) == {1}
+    if by_adjoint:
+        dx = _input_gradient_by_adjoint(dout, cache)
+    elif need_dx:
         width = max(x.shape[-1], (g.ntile + g.nq) * g.b) if g.b > 1 else x.shape[-1]
         dx = xp.zeros(x.shape[:-1] + (width,), dtype=dout.dtype)
         dx_tiles = dx.reshape(dx.shape[:-1] + (width // g.b, g.b)) if g.b > 1 else dx
@@ -318,9 +352,10 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
         dw = xp.empty(W.shape, dtype=dout.dtype)
         for group in range(g.groups):
             w = W[group * g.og:(group + 1) * g.og]
-            band_t = xp.ascontiguousarray(banded_weights(w, g.b).T) if need_dx else None
+            fold = need_dx and not by_adjoint
+            band_t = xp.ascontiguousarray(banded_weights(w, g.b).T) if fold else None
 
-            def work(n0, n1, band_t=band_t, group=group, t0=t0, t1=t1, o0=o0, o1=o1):
+            def work(n0, n1, band_t=band_t, group=group, t0=t0, t1=t1, o0=o0, o1=o1, fold=fold):
                 # dP^T in the GEMM layout (o, dt, v, m, t, ...): one transposition of dout, then one
                 # contiguous copy per temporal tap
                 dy_t = xp.ascontiguousarray(
@@ -331,7 +366,7 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
                 dp = dp.reshape(g.og * g.kt * g.b, -1)
                 a = _unfold(x[n0:n1, group * g.cg:(group + 1) * g.cg, t0:t1], g)
                 d_band = dp @ a
-                if need_dx:
+                if fold:
                     _fold(dp.T @ band_t, dx_tiles, n0, n1, group, t0, t1, g)
                 return d_band
 
