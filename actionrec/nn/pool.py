@@ -163,10 +163,19 @@ class Subsampling(Layer):
     def forward(self, x, training=False):
         hh, ww = self.output_shape(x.shape)[-2:]  # validates
         kh, kw = self.kernel_size
-        blocks = x[..., : hh * kh, : ww * kw].reshape(x.shape[:-2] + (hh, kh, ww, kw))
-        sums = blocks.sum(axis=(-3, -1))
+        # Window sums as kh + kw - 2 strided adds: rows first (contiguous runs), then columns. Many
+        # times faster than a reduction over the two inner axes of a (.., hh, kh, ww, kw) view.
+        rows = x[..., : hh * kh, : ww * kw].reshape(x.shape[:-2] + (hh, kh, ww * kw))
+        row_sums = rows[..., 0, :].copy()
+        for i in range(1, kh):
+            row_sums += rows[..., i, :]
+        sums = row_sums[..., 0::kw].copy()
+        for j in range(1, kw):
+            sums += row_sums[..., j::kw]
         self._cache = (sums, x.shape)
-        return sums * self._per_map(self.params["W"]) + self._per_map(self.params["b"])
+        y = sums * self._per_map(self.params["W"])
+        y += self._per_map(self.params["b"])
+        return y
 
     def backward(self, dy):
         xp = get_array_module(dy)
@@ -177,7 +186,12 @@ class Subsampling(Layer):
         kh, kw = self.kernel_size
         hh, ww = dy.shape[-2:]
         spread = (dy * self._per_map(self.params["W"]))[..., :, None, :, None]
-        dx = xp.zeros(x_shape, dtype=dy.dtype)
-        dx[..., : hh * kh, : ww * kw] = xp.broadcast_to(spread, dy.shape[:-2] + (hh, kh, ww, kw)).reshape(
-            dy.shape[:-2] + (hh * kh, ww * kw))
+        exact = x_shape[-2:] == (hh * kh, ww * kw)
+        dx = (xp.empty if exact else xp.zeros)(x_shape, dtype=dy.dtype)
+        windows = dy.shape[:-2] + (hh, kh, ww, kw)
+        if exact:  # write every window straight through a view of dx
+            dx.reshape(windows)[...] = spread
+        else:
+            dx[..., : hh * kh, : ww * kw] = xp.broadcast_to(spread, windows).reshape(
+                dy.shape[:-2] + (hh * kh, ww * kw))
         return dx
