@@ -24,6 +24,7 @@ each with its own kernels (Ji et al.'s hardwired channels), so no output frame s
 
 The unfolded matrix is built per chunk of a few items, small enough to stay near the caches, and is
 never kept: backward rebuilds it (one strided copy) instead of holding gigabytes between the passes.
+Chunks run on every core (``actionrec.nn.parallel``).
 numpy and CuPy alike.
 """
 
@@ -31,13 +32,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
 from actionrec.backend import get_array_module
+from actionrec.nn.parallel import map_chunks
 
 # Size of the unfolded matrix built at once (whole items, at least one): at most this many rows and
 # elements (about 2 MB of float32), so it and the GEMM product stay near the caches.
@@ -186,31 +184,6 @@ def _chunks(n: int, frames: int, g: _Geometry):
         yield start, min(n, start + step)
 
 
-# --- both cores -------------------------------------------------------------------------------------
-# Chunks are independent, and numpy releases the GIL in copies, ufuncs and BLAS, so on the CPU the chunks
-# are spread over one Python thread per core with BLAS held to one thread meanwhile. This also keeps the
-# copies and the shifted adds (half the time for thin layers) on every core, and avoids OpenBLAS's own
-# threads, which spin and stall badly when the cores are shared with other processes.
-_WORKERS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-_pool = None
-_blas = None
-
-
-def _map_chunks(xp, work, chunks):
-    """[work(n0, n1) for each chunk], in parallel on the CPU; serially for CuPy (one stream)."""
-    global _pool, _blas
-    chunks = list(chunks)
-    if xp is not np or _WORKERS == 1 or len(chunks) == 1:
-        return [work(*c) for c in chunks]
-    if _pool is None:
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415 (only the CPU path needs it)
-
-        _pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="actionrec-conv")
-        _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
-        return list(_pool.map(lambda c: work(*c), chunks))
-
-
 def _product_order(g: _Geometry):
     """Axes that take a block (m, og, T, *out[:-1], ntile, b) of the output to the GEMM layout
     (og, b, m, T, *out[:-1], ntile); the inverse is ``_output_order``."""
@@ -256,7 +229,7 @@ def banded_conv_forward(x, kernels, biases, starts, stride, padding, groups, b=N
                     total += tap
                 buf[n0:n1, group * g.og:(group + 1) * g.og, o0:o1] = total.transpose(_output_order(g))
 
-            _map_chunks(xp, work, _chunks(n, t1 - t0, g))
+            map_chunks(xp, work, _chunks(n, t1 - t0, g))
         if biases[seg] is not None:
             buf[:, :, o0:o1] += biases[seg].reshape((1, o) + (1,) * (buf.ndim - 2))
     out = buf.reshape(buf.shape[:-2] + (g.ntile * g.b,))
@@ -370,7 +343,7 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
                     _fold(dp.T @ band_t, dx_tiles, n0, n1, group, t0, t1, g)
                 return d_band
 
-            d_band_t = sum(_map_chunks(xp, work, _chunks(n, t1 - t0, g)))
+            d_band_t = sum(map_chunks(xp, work, _chunks(n, t1 - t0, g)))
             dw[group * g.og:(group + 1) * g.og] = _weights_from_band(d_band_t.T, w.shape, g.b)
         dws.append(dw)
     if dx is not None:
