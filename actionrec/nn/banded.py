@@ -41,6 +41,8 @@ from actionrec.nn.parallel import map_chunks
 # elements (about 2 MB of float32), so it and the GEMM product stay near the caches.
 _ROWS_PER_CHUNK = 4096
 _CHUNK_ELEMENTS = 1 << 19
+# Elements of A copied at once inside a chunk (whole frames, at least one): about 256 KB, half an L2.
+_BLOCK_ELEMENTS = 1 << 16
 
 
 def choose_tile(out_maps: int, out_width: int, kw: int) -> int:
@@ -133,8 +135,9 @@ def pad_input(x, padding: tuple, width: int):
     return out
 
 
-def _unfold(xc, g: _Geometry):
-    """A for a chunk: xc (m, C/g, Tc, *S) view -> (m * Tc * rows_per_frame, K), one strided copy."""
+def _unfold_view(xc, g: _Geometry):
+    """Zero-copy view of A for a chunk: xc (m, C/g, Tc, *S) -> (m, Tc, *out[:-1], ntile, C/g, *ks[:-1], u),
+    i.e. per frame (rows_per_frame, K) once the two groups of axes are flattened. Never write to it."""
     xp = get_array_module(xc)
     m, c, t = xc.shape[:3]
     sm, sc, stt = xc.strides[:3]
@@ -142,10 +145,27 @@ def _unfold(xc, g: _Geometry):
     shape = (m, t) + g.out[:-1] + (g.ntile, c) + g.ks[:-1] + (g.u,)
     strides = ((sm, stt) + tuple(s * k for s, k in zip(sp[:-1], g.ss[:-1])) + (sp[-1] * g.b * g.ss[-1], sc)
                + sp[:-1] + (sp[-1],))
-    view = xp.lib.stride_tricks.as_strided(xc, shape=shape, strides=strides)
-    a = xp.empty(shape, dtype=xc.dtype)
-    a[...] = view  # ~8x faster than the copy reshape() would make of this view
-    return a.reshape(-1, g.depth)
+    return xp.lib.stride_tricks.as_strided(xc, shape=shape, strides=strides)
+
+
+def _unfolded_frames(xc, g: _Geometry):
+    """Yield (item, frame, A (rows_per_frame, K)) for every frame of the chunk xc (m, C/g, Tc, *S).
+
+    A is copied a few frames at a time into a block small enough for the L2 cache, where the GEMM that
+    reads it next finds it (measured ~30% faster than one chunk-sized copy). The block is reused.
+    """
+    xp = get_array_module(xc)
+    view = _unfold_view(xc, g)
+    m, t = view.shape[:2]
+    per_block = max(1, min(t, _BLOCK_ELEMENTS // (g.rows_per_frame * g.depth)))
+    block = xp.empty((per_block,) + view.shape[2:], dtype=xc.dtype)
+    flat = block.reshape(per_block, g.rows_per_frame, g.depth)
+    for item in range(m):
+        for f0 in range(0, t, per_block):
+            nf = min(per_block, t - f0)
+            block[:nf] = view[item, f0:f0 + nf]  # ~8x faster than the copy reshape() would make
+            for j in range(nf):
+                yield item, f0 + j, flat[j]
 
 
 def banded_weights(w, b: int):
@@ -185,15 +205,15 @@ def _chunks(n: int, frames: int, g: _Geometry):
 
 
 def _product_order(g: _Geometry):
-    """Axes that take a block (m, og, T, *out[:-1], ntile, b) of the output to the GEMM layout
-    (og, b, m, T, *out[:-1], ntile); the inverse is ``_output_order``."""
+    """Axes that take a block (m, og, T, *out[:-1], ntile, b) of the output to the per-frame GEMM
+    layout (m, T, og, b, *out[:-1], ntile); the inverse is ``_output_order``."""
     d = len(g.ks)
-    return (1, 3 + d, 0, 2) + tuple(range(3, 3 + d))
+    return (0, 2, 1, 3 + d) + tuple(range(3, 3 + d))
 
 
 def _output_order(g: _Geometry):
     d = len(g.ks)
-    return (2, 0, 3) + tuple(range(4, 4 + d)) + (1,)
+    return (0, 2, 1) + tuple(range(4, 4 + d)) + (3,)
 
 
 def banded_conv_forward(x, kernels, biases, starts, stride, padding, groups, b=None):
@@ -218,12 +238,15 @@ def banded_conv_forward(x, kernels, biases, starts, stride, padding, groups, b=N
             band_t = xp.ascontiguousarray(banded_weights(W[group * g.og:(group + 1) * g.og], g.b).T)
 
             def work(n0, n1, band_t=band_t, group=group, t0=t0, t1=t1, o0=o0, o1=o1):
-                a = _unfold(x[n0:n1, group * g.cg:(group + 1) * g.cg, t0:t1], g)
-                # P^T = B^T A^T: rows (o, dt, v) make every temporal tap a run of whole frames, so the
-                # shifted sum over dt below reads long contiguous runs. (A @ B with B in C order is
-                # also several times slower in OpenBLAS for this thin shape.)
-                prod = (band_t @ a.T).reshape((g.og, g.kt, g.b, n1 - n0, t1 - t0) + g.out[:-1] + (g.ntile,))
-                taps = [prod[:, dt, :, :, g.frame_slice(dt, o1 - o0)] for dt in range(g.kt)]
+                # Per frame P^T = B^T A^T, frames outermost: each temporal tap is then a run of whole
+                # frames for the shifted sum below. (A @ B with B in C order is several times slower
+                # in OpenBLAS for this thin shape.)
+                m = n1 - n0
+                prod = xp.empty((m, t1 - t0, g.og * g.kt * g.b, g.rows_per_frame), dtype=x.dtype)
+                for item, frame, a in _unfolded_frames(x[n0:n1, group * g.cg:(group + 1) * g.cg, t0:t1], g):
+                    xp.matmul(band_t, a.T, out=prod[item, frame])
+                prod = prod.reshape((m, t1 - t0, g.og, g.kt, g.b) + g.out[:-1] + (g.ntile,))
+                taps = [prod[:, g.frame_slice(dt, o1 - o0), :, dt] for dt in range(g.kt)]
                 total = taps[0] if g.kt == 1 else taps[0] + taps[1]
                 for tap in taps[2:]:
                     total += tap
@@ -329,18 +352,23 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
             band_t = xp.ascontiguousarray(banded_weights(w, g.b).T) if fold else None
 
             def work(n0, n1, band_t=band_t, group=group, t0=t0, t1=t1, o0=o0, o1=o1, fold=fold):
-                # dP^T in the GEMM layout (o, dt, v, m, t, ...): one transposition of dout, then one
-                # contiguous copy per temporal tap
+                # dP^T per frame in the GEMM layout (m, T, o, dt, v, rows): one transposition of dout,
+                # then one copy per temporal tap
+                m = n1 - n0
                 dy_t = xp.ascontiguousarray(
                     dy[n0:n1, group * g.og:(group + 1) * g.og, o0:o1].transpose(_product_order(g)))
-                dp = xp.zeros((g.og, g.kt, g.b, n1 - n0, t1 - t0) + g.out[:-1] + (g.ntile,), dtype=dout.dtype)
+                dp = xp.zeros((m, t1 - t0, g.og, g.kt, g.b, g.rows_per_frame), dtype=dout.dtype)
                 for dt in range(g.kt):
-                    dp[:, dt, :, :, g.frame_slice(dt, o1 - o0)] = dy_t
-                dp = dp.reshape(g.og * g.kt * g.b, -1)
-                a = _unfold(x[n0:n1, group * g.cg:(group + 1) * g.cg, t0:t1], g)
-                d_band = dp @ a
+                    dp[:, g.frame_slice(dt, o1 - o0), :, dt] = dy_t.reshape(dy_t.shape[:4] + (-1,))
+                dp = dp.reshape(m, t1 - t0, g.og * g.kt * g.b, g.rows_per_frame)
+                d_band = xp.zeros((g.og * g.kt * g.b, g.depth), dtype=dout.dtype)
+                d_a = xp.empty((m, t1 - t0, g.rows_per_frame, g.depth), dtype=dout.dtype) if fold else None
+                for item, frame, a in _unfolded_frames(x[n0:n1, group * g.cg:(group + 1) * g.cg, t0:t1], g):
+                    d_band += dp[item, frame] @ a
+                    if fold:
+                        xp.matmul(dp[item, frame].T, band_t, out=d_a[item, frame])
                 if fold:
-                    _fold(dp.T @ band_t, dx_tiles, n0, n1, group, t0, t1, g)
+                    _fold(d_a.reshape(-1, g.depth), dx_tiles, n0, n1, group, t0, t1, g)
                 return d_band
 
             d_band_t = sum(map_chunks(xp, work, _chunks(n, t1 - t0, g)))
