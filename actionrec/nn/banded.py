@@ -266,7 +266,7 @@ def _fold(d_a, dx_tiles, n0, n1, group, t0, t1, g: _Geometry):
     """Add the unfolded gradient d_a (m * Tc * rows_per_frame, K) back onto the padded input gradient.
 
     dx_tiles is the gradient buffer (N, C, T, *S) with its last axis split into (tiles, b) when b > 1.
-    One strided add per (leading-axes tap, tile offset q) pair: the adjoint of ``_unfold``.
+    One strided add per (leading-axes tap, tile offset q) pair: the adjoint of ``_unfold_view``.
     """
     d = len(g.ks)
     m, tc = n1 - n0, t1 - t0
@@ -288,37 +288,6 @@ def _fold(d_a, dx_tiles, n0, n1, group, t0, t1, g: _Geometry):
                     src[..., q * g.b:q * g.b + width]
 
 
-def _flipped_kernels(W, groups: int):
-    """Kernels of the adjoint convolution: W (O, C/g, kt, *ks) -> (C, O/g, kt, *ks), every axis of the
-    kernel reversed and, within each group, input and output channels swapped."""
-    xp = get_array_module(W)
-    o, cg = W.shape[:2]
-    blocks = W.reshape((groups, o // groups, cg) + W.shape[2:]).swapaxes(1, 2)
-    flipped = blocks[(Ellipsis,) + (slice(None, None, -1),) * (W.ndim - 2)]
-    return xp.ascontiguousarray(flipped.reshape((groups * cg, o // groups) + W.shape[2:]))
-
-
-def _input_gradient_by_adjoint(dout, cache):
-    """dx of the padded input for stride 1: the "full" correlation of dout with the flipped kernels,
-    run through ``banded_conv_forward`` (no fold). Each segment of dout is zero-padded by k - 1 on both
-    sides of every axis, so its output has exactly the segment's input frames and size."""
-    xp = get_array_module(dout)
-    x, _, _, kernels, starts, out_starts, g = cache
-    pads = (g.kt - 1,) + tuple(k - 1 for k in g.ks)
-    lengths = [o1 - o0 + 2 * pads[0] for o0, o1 in zip(out_starts[:-1], out_starts[1:])]
-    padded_starts = [0] + list(itertools.accumulate(lengths))
-    spatial = tuple(s + 2 * p for s, p in zip(dout.shape[3:], pads[1:]))
-    dpad = xp.zeros(dout.shape[:2] + (padded_starts[-1],) + spatial, dtype=dout.dtype)
-    inner = tuple(slice(p, p + s) for p, s in zip(pads[1:], dout.shape[3:]))
-    for seg in range(len(kernels)):
-        frames = slice(padded_starts[seg] + pads[0], padded_starts[seg + 1] - pads[0])
-        dpad[(slice(None), slice(None), frames) + inner] = dout[:, :, out_starts[seg]:out_starts[seg + 1]]
-    flipped = [_flipped_kernels(W, g.groups) for W in kernels]
-    dx, _ = banded_conv_forward(dpad, flipped, [None] * len(kernels), padded_starts, (1,) * len(pads),
-                                (0,) * len(pads), g.groups)
-    return dx
-
-
 def banded_conv_backward(dout, cache, need_dx: bool = True):
     """Mirror of ``banded_conv_forward``: dout (N, O, sum T'_s, *S')
     -> (dx (N, C, T, *S) or None, [dW per segment], [db (O,) per segment]).
@@ -334,10 +303,7 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
     dy = xp.ascontiguousarray(dout) if tiled == g.out[-1] else pad_input(dout, (0,) * (d + 1), tiled)
     dy = dy.reshape(dy.shape[:-1] + (g.ntile, g.b))
     dx = dx_tiles = None
-    by_adjoint = need_dx and g.st == 1 and set(g.ss) == {1}
-    if by_adjoint:
-        dx = _input_gradient_by_adjoint(dout, cache)
-    elif need_dx:
+    if need_dx:
         width = max(x.shape[-1], (g.ntile + g.nq) * g.b) if g.b > 1 else x.shape[-1]
         dx = xp.zeros(x.shape[:-1] + (width,), dtype=dout.dtype)
         dx_tiles = dx.reshape(dx.shape[:-1] + (width // g.b, g.b)) if g.b > 1 else dx
@@ -348,10 +314,9 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
         dw = xp.empty(W.shape, dtype=dout.dtype)
         for group in range(g.groups):
             w = W[group * g.og:(group + 1) * g.og]
-            fold = need_dx and not by_adjoint
-            band_t = xp.ascontiguousarray(banded_weights(w, g.b).T) if fold else None
+            band_t = xp.ascontiguousarray(banded_weights(w, g.b).T) if need_dx else None
 
-            def work(n0, n1, band_t=band_t, group=group, t0=t0, t1=t1, o0=o0, o1=o1, fold=fold):
+            def work(n0, n1, band_t=band_t, group=group, t0=t0, t1=t1, o0=o0, o1=o1):
                 # dP^T per frame in the GEMM layout (m, T, o, dt, v, rows): one transposition of dout,
                 # then one copy per temporal tap
                 m = n1 - n0
@@ -362,12 +327,12 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
                     dp[:, g.frame_slice(dt, o1 - o0), :, dt] = dy_t.reshape(dy_t.shape[:4] + (-1,))
                 dp = dp.reshape(m, t1 - t0, g.og * g.kt * g.b, g.rows_per_frame)
                 d_band = xp.zeros((g.og * g.kt * g.b, g.depth), dtype=dout.dtype)
-                d_a = xp.empty((m, t1 - t0, g.rows_per_frame, g.depth), dtype=dout.dtype) if fold else None
+                d_a = xp.empty((m, t1 - t0, g.rows_per_frame, g.depth), dtype=dout.dtype) if need_dx else None
                 for item, frame, a in _unfolded_frames(x[n0:n1, group * g.cg:(group + 1) * g.cg, t0:t1], g):
                     d_band += dp[item, frame] @ a
-                    if fold:
+                    if need_dx:
                         xp.matmul(dp[item, frame].T, band_t, out=d_a[item, frame])
-                if fold:
+                if need_dx:
                     _fold(d_a.reshape(-1, g.depth), dx_tiles, n0, n1, group, t0, t1, g)
                 return d_band
 

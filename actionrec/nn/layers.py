@@ -14,7 +14,7 @@ from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.init import _rng, initial_weights
-from actionrec.nn.parallel import one_blas_thread
+from actionrec.nn.parallel import elementwise, one_blas_thread
 
 
 def _dtype_name(dtype) -> str:
@@ -113,6 +113,14 @@ class Flatten(Layer):
         return dy.reshape(self._shape)
 
 
+def _tanh_grad(dy, y, out):
+    """out = dy * (1 - y**2), in place: no temporaries."""
+    get_array_module(y).multiply(y, y, out=out)
+    get_array_module(y).subtract(1, out, out=out)
+    out *= dy
+    return out
+
+
 @register_layer
 class Tanh(Layer):
     """Element-wise hyperbolic tangent (the paper's activation)."""
@@ -124,16 +132,13 @@ class Tanh(Layer):
     def forward(self, x, training: bool = False):
         """x (any shape) -> y = tanh(x), same shape."""
         xp = get_array_module(x)
-        self._y = xp.tanh(x)
+        self._y = elementwise(xp, xp.tanh, xp.empty_like(x), x)
         return self._y
 
     def backward(self, dy):
         """dy (same shape) -> dx = dy * (1 - y**2)."""
         xp = get_array_module(dy)
-        dx = self._y * self._y
-        xp.subtract(1, dx, out=dx)  # in place: one temporary instead of three
-        dx *= dy
-        return dx
+        return elementwise(xp, _tanh_grad, xp.empty_like(dy, dtype=xp.result_type(dy, self._y)), dy, self._y)
 
 
 @register_layer

@@ -49,3 +49,25 @@ def map_chunks(xp, work, chunks):
         _pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="actionrec")
     with one_blas_thread(xp):
         return list(_pool.map(lambda c: work(*c), chunks))
+
+
+# Element-wise work below this many elements runs on one thread: the hand-off costs more than it saves.
+_PARALLEL_ELEMENTS = 1 << 20
+
+
+def elementwise(xp, fn, out, *arrays):
+    """fn(*pieces, out=out_piece) over WORKERS slices of the batch axis (one call for small or CuPy arrays).
+
+    ``out`` and every array share the batch axis 0 and shape; fn is a ufunc-like callable with ``out``.
+    """
+    n = out.shape[0]
+    if xp is not np or WORKERS == 1 or out.size < _PARALLEL_ELEMENTS or n < 2:
+        fn(*arrays, out=out)
+        return out
+    step = -(-n // WORKERS)
+
+    def work(s, e):
+        fn(*(a[s:e] for a in arrays), out=out[s:e])
+
+    map_chunks(xp, work, [(s, min(n, s + step)) for s in range(0, n, step)])
+    return out
