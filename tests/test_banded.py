@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from actionrec.nn.banded import banded_conv2d, banded_conv2d_backward, choose_tile
-from actionrec.nn.gradcheck import numerical_gradient, relative_error
+from actionrec.nn.conv import Conv2D, Conv3D, SegmentConv3D
+from actionrec.nn.gradcheck import check_layer_gradients, numerical_gradient, relative_error
 
 
 def reference_conv2d(x, w):
@@ -72,3 +73,18 @@ def test_tile_choice_and_errors():
         banded_conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 4, 4)))
     with pytest.raises(ValueError, match="channels"):
         banded_conv2d(np.zeros((1, 2, 5, 5)), np.zeros((1, 1, 3, 3)))
+
+
+@pytest.mark.parametrize("make,x_shape", [
+    (lambda: Conv2D(2, 50, 3, padding=1, rng=1, dtype="float64"), (2, 2, 5, 6)),
+    (lambda: Conv3D(2, 26, (2, 2, 3), padding=(1, 0, 2), rng=1, dtype="float64"), (1, 2, 3, 4, 5)),
+    (lambda: SegmentConv3D((3, 2), 2, 26, (2, 2, 2), groups=2, rng=1, dtype="float64"), (1, 2, 5, 3, 4)),
+], ids=["conv2d", "conv3d-padded", "segment-groups"])
+def test_im2col_geometry_gradients_match_finite_differences(make, x_shape):
+    """Many output maps make b = 1: A stored columns-major, input gradient through the flipped-kernel
+    forward instead of the fold."""
+    rng = np.random.default_rng(4)
+    layer = make()
+    layer.params["b"][...] = rng.standard_normal(layer.params["b"].shape)
+    errors = check_layer_gradients(layer, rng.standard_normal(x_shape))
+    assert set(errors) == {"x", "W", "b"} and max(errors.values()) < 1e-6, errors
