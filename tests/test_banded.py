@@ -77,12 +77,14 @@ def test_tile_choice_and_errors():
 
 @pytest.mark.parametrize("make,x_shape", [
     (lambda: Conv2D(2, 50, 3, padding=1, rng=1, dtype="float64"), (2, 2, 5, 6)),
+    (lambda: Conv2D(2, 50, 2, rng=1, dtype="float64"), (1, 2, 7, 7)),
     (lambda: Conv3D(2, 26, (2, 2, 3), padding=(1, 0, 2), rng=1, dtype="float64"), (1, 2, 3, 4, 5)),
+    (lambda: Conv3D(2, 26, (1, 2, 2), padding=(0, 1, 0), rng=1, dtype="float64"), (1, 2, 2, 5, 7)),
     (lambda: SegmentConv3D((3, 2), 2, 26, (2, 2, 2), groups=2, rng=1, dtype="float64"), (1, 2, 5, 3, 4)),
-], ids=["conv2d", "conv3d-padded", "segment-groups"])
+], ids=["conv2d-fold", "conv2d-adjoint", "conv3d-fold", "conv3d-adjoint", "segment-groups"])
 def test_im2col_geometry_gradients_match_finite_differences(make, x_shape):
-    """Many output maps make b = 1: A stored columns-major, input gradient through the flipped-kernel
-    forward instead of the fold."""
+    """Many output maps make b = 1: A stored columns-major, input gradient by the fold on small maps
+    and through the flipped-kernel forward on maps large next to the kernel."""
     rng = np.random.default_rng(4)
     layer = make()
     layer.params["b"][...] = rng.standard_normal(layer.params["b"].shape)

@@ -319,9 +319,9 @@ def _input_gradient_by_adjoint(dout, cache):
     run through ``banded_conv_forward`` (no fold). Each segment of dout is zero-padded by k - 1 on both
     sides of every axis, so its output has exactly the segment's input frames and size.
 
-    Used for plain im2col geometry (b = 1, many channels): there the fold reads and writes a
-    kh*kw times larger gradient of A, while this costs one forward pass (CIFAR-like 3x3 layers:
-    ~1.5-2x faster). For thin banded layers on small maps the padding makes it 2-3x the
+    Used for plain im2col geometry (b = 1, many channels) on maps large next to the kernel: there the
+    fold reads and writes a kh*kw times larger gradient of A, while this costs one forward pass
+    (CIFAR-like 3x3 layers: ~1.5-2x faster). On small maps the padding makes it 2-3x the
     multiply-adds, and the fold wins."""
     xp = get_array_module(dout)
     x, _, _, kernels, starts, out_starts, g = cache
@@ -355,7 +355,10 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
     dy = xp.ascontiguousarray(dout) if tiled == g.out[-1] else pad_input(dout, (0,) * (d + 1), tiled)
     dy = dy.reshape(dy.shape[:-1] + (g.ntile, g.b))
     dx = dx_tiles = None
-    by_adjoint = need_dx and g.columns_major and g.st == 1 and set(g.ss) == {1}
+    # The adjoint computes every padded input position; the fold every output position (with a kh*kw
+    # larger gradient of A to write and read back). Adjoint when that inflation is small.
+    inflation = math.prod(x.shape[2:]) / math.prod(dout.shape[2:])
+    by_adjoint = need_dx and g.columns_major and g.st == 1 and set(g.ss) == {1} and inflation < 1.5
     fold = need_dx and not by_adjoint
     if by_adjoint:
         dx = _input_gradient_by_adjoint(dout, cache)
