@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actionrec.backend import array_module_for, to_numpy  # noqa: E402
+from actionrec.errors import ActionrecError  # noqa: E402
 from actionrec.models import MODELS, build_model  # noqa: E402
 from actionrec.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 from actionrec.nn.optim import SGD  # noqa: E402
@@ -347,7 +348,11 @@ def main(argv=None):
     print("-" * len(header))
     for work in args.only or list(NETS):
         model_name, classes = NETS[work]
-        build_model(model_name, classes)  # registers models; fails early with a clear error
+        try:
+            build_model(model_name, classes)  # registers models; fails early with a clear error
+        except ActionrecError as exc:
+            print(f"# {work}: skipped ({exc})", flush=True)
+            continue
         spec = MODELS[model_name]
         model = build_model(model_name, classes)  # default seed: the same weights every run
         flops = train_flops_per_sample(model, spec.input_shape)
