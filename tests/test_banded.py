@@ -90,3 +90,27 @@ def test_im2col_geometry_gradients_match_finite_differences(make, x_shape):
     layer.params["b"][...] = rng.standard_normal(layer.params["b"].shape)
     errors = check_layer_gradients(layer, rng.standard_normal(x_shape))
     assert set(errors) == {"x", "W", "b"} and max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("make,x_shape", [
+    (lambda: SegmentConv3D((4, 4, 3), 2, 4, (3, 3, 4), groups=2, rng=0, dtype="float64"), (2, 2, 11, 6, 9)),
+    (lambda: Conv3D(2, 3, (3, 2, 3), stride=(2, 1, 1), padding=1, rng=0, dtype="float64"), (2, 2, 7, 5, 6)),
+    (lambda: Conv2D(3, 40, 3, padding=1, rng=0, dtype="float64"), (3, 3, 6, 7)),
+], ids=["segments", "conv3d-time-stride", "conv2d-columns-major"])
+def test_frame_by_frame_path_equals_block_path(monkeypatch, make, x_shape):
+    """Large frames take one GEMM per frame and skip the temporal taps an edge frame does not feed;
+    small frames one GEMM per block. Forcing the first path must not change any result."""
+    import actionrec.nn.banded as banded
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape)
+    results = []
+    for block_elements in (banded._BLOCK_ELEMENTS, 1):
+        monkeypatch.setattr(banded, "_BLOCK_ELEMENTS", block_elements)
+        layer = make()
+        layer.params["b"][...] = 0.5
+        y = layer.forward(x)
+        dx = layer.backward(np.cos(y))
+        results.append((y, dx, layer.grads["W"], layer.grads["b"]))
+    for whole, per_frame in zip(*results):
+        np.testing.assert_allclose(per_frame, whole, rtol=1e-12, atol=1e-12)
