@@ -46,11 +46,14 @@ _BLOCK_ELEMENTS = 1 << 16
 
 
 def choose_tile(out_maps: int, out_width: int, kw: int) -> int:
-    """Tile width ``b``: wide enough that the GEMM has about 48 columns, never wider than the output."""
+    """Tile width ``b``: wide enough that the GEMM has about 48 columns, never wider than the output,
+    then as narrow as the same number of tiles allows (34 columns: 5 tiles of 7, not of 8), since the
+    columns past the output are wasted work."""
     if kw == 1:
         return 1
-    b = max(1, 48 // max(out_maps, 1))
-    return int(min(b, 8, out_width))
+    b = int(min(max(1, 48 // max(out_maps, 1)), 8, out_width))
+    tiles = -(-out_width // b)
+    return -(-out_width // tiles)
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,12 @@ def _output_order(g: _Geometry):
     return (0, 2, 1) + tuple(range(4, 4 + d)) + (3,)
 
 
+def _one_gemm_per_block(g: _Geometry) -> bool:
+    """Frames too small for a GEMM each (call overhead dominates) go one block per GEMM; larger frames
+    get one GEMM each, which lets edge frames skip the taps they do not feed."""
+    return not g.columns_major and g.rows_per_frame < 128
+
+
 def _needed_taps(g: _Geometry, frame: int, frames_out: int):
     """Temporal taps [lo, hi) whose product of input frame ``frame`` feeds some output frame: the first
     and last kt - 1 frames of a segment feed fewer outputs (a quarter of Ji's C2 work). All taps when
@@ -269,7 +278,7 @@ def banded_conv_forward(x, kernels, biases, starts, stride, padding, groups, b=N
                 prod = xp.empty((m, t1 - t0, g.og * g.kt * g.b, g.rows_per_frame), dtype=x.dtype)
                 part_bands = {}
                 for item, f0, block in _unfolded_frames(x[n0:n1, group * g.cg:(group + 1) * g.cg, t0:t1], g):
-                    if len(block) > 1 and not g.columns_major:  # small frames: one GEMM for the block
+                    if len(block) > 1 and _one_gemm_per_block(g):
                         nf = len(block)
                         both = band_t @ block.reshape(-1, g.depth).T  # (o dt v, frames * rows)
                         prod[item, f0:f0 + nf] = both.reshape(-1, nf, g.rows_per_frame).swapaxes(0, 1)
@@ -420,7 +429,7 @@ def banded_conv_backward(dout, cache, need_dx: bool = True):
                                dtype=dout.dtype) if fold else None
                 for item, f0, block in _unfolded_frames(x[n0:n1, group * g.cg:(group + 1) * g.cg, t0:t1], g):
                     nf = len(block)
-                    if nf > 1 and not cm:  # small frames: one GEMM for the block
+                    if nf > 1 and _one_gemm_per_block(g):
                         dp_block = dp[item, f0:f0 + nf].swapaxes(0, 1).reshape(dp.shape[2], -1)
                         a = block.reshape(-1, g.depth)
                         d_band += dp_block @ a
