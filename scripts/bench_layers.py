@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actionrec.backend import array_module_for, to_numpy  # noqa: E402
+from actionrec.errors import ActionrecError  # noqa: E402
 from actionrec.models import MODELS, build_model  # noqa: E402
 from actionrec.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 from actionrec.nn.optim import SGD  # noqa: E402
@@ -77,6 +78,7 @@ def train_flops_per_sample(model, input_shape) -> float:
 # ----------------------------------------------------------------------------------------------
 # Timing
 def time_steps(step, sync, min_steps=3, min_seconds=2.0, warmup=1):
+    """Mean seconds per call of ``step`` over at least ``min_steps`` calls and ``min_seconds``."""
     for _ in range(warmup):
         step()
     sync()
@@ -86,6 +88,20 @@ def time_steps(step, sync, min_steps=3, min_seconds=2.0, warmup=1):
         n += 1
     sync()
     return (time.perf_counter() - start) / n
+
+
+def time_interleaved(steps: dict, sync, rounds=3, min_seconds=2.0):
+    """{name: best mean seconds per step} over ``rounds`` rounds that take every step in turn.
+
+    Interleaving and keeping each one's best round makes the ratios robust on a machine whose load
+    changes while the benchmark runs (a slow spell hits every implementation, not just one).
+    """
+    best = {}
+    for r in range(rounds):
+        for name, step in steps.items():
+            sec = time_steps(step, sync, min_seconds=min_seconds / rounds, warmup=1 if r == 0 else 0)
+            best[name] = min(best.get(name, sec), sec)
+    return best
 
 
 def our_step_fn(model, xp, batch, input_shape, classes, seed=0):
@@ -107,7 +123,7 @@ def our_step_fn(model, xp, batch, input_shape, classes, seed=0):
 CONV_TYPES = ("Conv2D", "Conv3D", "SegmentConv3D")
 
 
-def layer_rows(model, spec, xp, batch, torch, tdev, sync, seconds):
+def layer_rows(model, spec, xp, batch, torch, tdev, sync, seconds, rounds):
     """(name, ours s, best torch s, flops) for forward+backward of each convolution layer."""
     rows = []
     rng = np.random.default_rng(0)
@@ -121,8 +137,7 @@ def layer_rows(model, spec, xp, batch, torch, tdev, sync, seconds):
             layer.forward(x, training=True)
             layer.backward(dy)
 
-        ours = time_steps(step, sync, min_seconds=seconds)
-        best = None
+        steps = {"ours": step}
         if torch is not None:
             forms = ["conv3d", "stacked2d"] if spec.kind == "video" else ["default", "channels_last"]
             for form in forms:
@@ -137,8 +152,10 @@ def layer_rows(model, spec, xp, batch, torch, tdev, sync, seconds):
                 def tstep(tl=tl, tx=tx, tdy=tdy):
                     tl(tx).backward(tdy)
 
-                t = time_steps(tstep, sync, min_seconds=seconds)
-                best = t if best is None else min(best, t)
+                steps[form] = tstep
+        times = time_interleaved(steps, sync, rounds=rounds, min_seconds=seconds)
+        ours = times.pop("ours")
+        best = min(times.values()) if times else None
         flops = train_flops_per_sample(_Single(layer), in_shape[1:])
         rows.append((f"{index}:{layer.name}", ours, best, flops))
     return rows
@@ -297,7 +314,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--only", nargs="+", choices=sorted(NETS), help="workloads to run (default: all)")
-    ap.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per row")
+    ap.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per row (all rounds)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each row keeps its best")
     ap.add_argument("--layers", action="store_true", help="also time each convolution layer alone")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     args = ap.parse_args(argv)
@@ -325,44 +343,47 @@ def main(argv=None):
           f"python {platform.python_version()}, numpy {np.__version__}"
           + (f", torch {torch.__version__} ({args.threads} threads)" if torch else "")
           + f"; device {args.device}")
-    header = f"{'workload':<12} {'impl':<22} {'batch':>5} {'samples/s':>10} {'GFLOP/s':>8} {'ms/step':>9} {'peak MiB':>9} {'ours/best torch':>15}"
+    header = f"{'workload':<12} {'impl':<22} {'batch':>5} {'samples/s':>10} {'GFLOP/s':>8} {'ms/step':>9} {'peak MiB':>9} {'x best torch':>15}"
     print(header)
     print("-" * len(header))
     for work in args.only or list(NETS):
         model_name, classes = NETS[work]
-        build_model(model_name, classes)  # registers models; fails early with a clear error
+        try:
+            build_model(model_name, classes)  # registers models; fails early with a clear error
+        except ActionrecError as exc:
+            print(f"# {work}: skipped ({exc})", flush=True)
+            continue
         spec = MODELS[model_name]
-        model = build_model(model_name, classes, rng=np.random.default_rng(0))
+        model = build_model(model_name, classes)  # default seed: the same weights every run
         flops = train_flops_per_sample(model, spec.input_shape)
         model.to(xp)
         for batch in args.batch:
-            rows = []
-            step = our_step_fn(model, xp, batch, spec.input_shape, classes)
-            sec = time_steps(step, sync, min_seconds=args.seconds)
-            peak = peak_memory_mib(step) if args.device == "cpu" else float("nan")
-            rows.append(("actionrec (" + ("numpy" if args.device == "cpu" else "cupy") + ")", sec, peak))
-            best_torch = None
+            ours_name = "actionrec (" + ("numpy" if args.device == "cpu" else "cupy") + ")"
+            steps = {ours_name: our_step_fn(model, xp, batch, spec.input_shape, classes)}
             if torch is not None:
                 forms = ["conv3d", "stacked2d"] if spec.kind == "video" else ["default", "channels_last"]
                 for form in forms:
                     tmodel = torch_model(model, form, torch, tdev)
-                    tstep = torch_step_fn(tmodel, torch, tdev, batch, spec.input_shape, classes,
-                                          channels_last=(form == "channels_last"))
-                    tsec = time_steps(tstep, sync, min_seconds=args.seconds)
-                    rows.append((f"torch {form}", tsec, float("nan")))
-                    best_torch = tsec if best_torch is None else min(best_torch, tsec)
-                    del tmodel, tstep
-                    gc.collect()
+                    steps[f"torch {form}"] = torch_step_fn(tmodel, torch, tdev, batch, spec.input_shape, classes,
+                                                           channels_last=(form == "channels_last"))
+            times = time_interleaved(steps, sync, rounds=args.rounds, min_seconds=args.seconds)
+            peak = peak_memory_mib(steps[ours_name]) if args.device == "cpu" else float("nan")
+            rows = [(name, sec, peak if name == ours_name else float("nan")) for name, sec in times.items()]
+            torch_times = [sec for name, sec in times.items() if name != ours_name]
+            best_torch = min(torch_times) if torch_times else None
             for impl, s, peak_mib in rows:
                 ratio = f"{best_torch / s:.2f}x" if (best_torch and impl.startswith("actionrec")) else ""
+                peak_text = "-" if np.isnan(peak_mib) else f"{peak_mib:.0f}"
                 print(f"{work:<12} {impl:<22} {batch:>5} {batch / s:>10.1f} {flops * batch / s / 1e9:>8.1f} "
-                      f"{s * 1e3:>9.1f} {peak_mib:>9.0f} {ratio:>15}", flush=True)
-            del step
+                      f"{s * 1e3:>9.1f} {peak_text:>9} {ratio:>15}", flush=True)
+            del steps
             gc.collect()
             if args.layers:
-                for name, ours, best, lflops in layer_rows(model, spec, xp, batch, torch, tdev, sync, args.seconds / 2):
+                for name, ours, best, lflops in layer_rows(model, spec, xp, batch, torch, tdev, sync,
+                                                           args.seconds / 2, args.rounds):
                     ratio = f"{best / ours:.2f}x" if best else ""
-                    print(f"{'  ' + name:<12} {'layer fwd+bwd':<22} {batch:>5} {batch / ours:>10.1f} "
+                    print(f"{'  layer ' + name.split(':')[0]:<12} {name.split(':')[1] + ' fwd+bwd':<22} "
+                          f"{batch:>5} {batch / ours:>10.1f} "
                           f"{lflops * batch / ours / 1e9:>8.1f} {ours * 1e3:>9.1f} {'':>9} {ratio:>15}", flush=True)
 
 

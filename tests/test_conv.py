@@ -109,15 +109,17 @@ def test_segment_conv_input_grad_false_skips_dx(rng):
     assert seg.grads["W"].shape == seg.params["W"].shape and np.abs(seg.grads["W"]).sum() > 0
 
 
-def test_conv3d_unfolds_frames_in_2d_only(rng):
-    """The cached column matrix has C*kh*kw rows, kt times fewer than a full 3D im2col."""
-    layer = Conv3D(2, 2, (3, 4, 5), rng=0)
-    x = rng.standard_normal((2, 2, 6, 7, 8)).astype(np.float32)
+@pytest.mark.parametrize("layer,x_shape", [
+    (Conv3D(2, 2, (3, 4, 5), rng=0), (2, 2, 6, 7, 8)),
+    (SegmentConv3D((9, 9, 9, 8, 8), 1, 2, (3, 7, 9), input_grad=False, rng=0), (2, 1, 43, 20, 24)),
+])
+def test_backward_keeps_no_column_matrix(rng, layer, x_shape):
+    """Between forward and backward a convolution holds its input (padded where needed), never the
+    unfolded matrix, which is kh*kw times larger and is rebuilt in backward instead."""
+    x = rng.standard_normal(x_shape).astype(np.float32)
     layer.forward(x)
-    cols = layer._cache[0]
-    assert cols.size == 2 * 4 * 5 * (2 * 6 * 4 * 4)
-
-
+    cached = [a for a in layer._cache if isinstance(a, np.ndarray)]
+    assert sum(a.size for a in cached) <= 1.5 * x.size
 def test_segment_conv_equals_separate_conv3d_per_segment(rng):
     segments = (4, 4, 3)
     seg = _with_random_bias(SegmentConv3D(segments, 2, 4, (2, 3, 2), groups=2, rng=0, dtype="float64"), rng)

@@ -1,12 +1,10 @@
 """Convolution layers: Conv2D, Conv3D and Ji et al.'s per-segment SegmentConv3D.
 
-All three share one frame-wise formulation (``conv_forward`` / ``conv_backward``). The input is seen as
-x (N, C, T, *S): only the S axes are unfolded into columns (K = C * prod(ks) rows), one GEMM with the
-weight reshaped to (O * kt, K) gives Y[(o, dt), (n, t, *s')] for every frame, and the temporal sum is
-kt shifted adds: out[n, o, t'] = sum_dt Y[o, dt, n, t' * st + dt]. For a 3D kernel this makes a column
-matrix kt times smaller than a full 3D im2col (the first Ji layer, kernel 3x7x9, would need ~97 MB per
-cube otherwise). Conv2D is the same code with a single frame and kt = 1; a full N-d im2col is the
-special case "one frame, kt = 1, unfold all axes".
+All three share one frame-wise core (``actionrec.nn.banded``): x is seen as (N, C, T, *S), every frame
+is convolved over its S axes with the kernels of all (output map, temporal tap) pairs through a banded
+unfolding and one GEMM per chunk of items, and an output frame is the sum of kt shifted frames of that
+product. Conv2D is the same code with a single frame and kt = 1; SegmentConv3D gives each segment of
+the time axis its own kernels. The unfolded matrix is rebuilt in backward, never cached.
 """
 
 from __future__ import annotations
@@ -17,52 +15,13 @@ import numpy as np
 
 from actionrec.backend import get_array_module
 from actionrec.errors import ShapeError
+from actionrec.nn.banded import banded_conv_backward, banded_conv_forward
 from actionrec.nn.base import Layer, register_layer
-from actionrec.nn.im2col import as_tuple, col2im, im2col, output_size, pad_spatial
+from actionrec.nn.im2col import as_tuple, output_size
 from actionrec.nn.init import initial_weights
 
 
 # --- functional core ---------------------------------------------------------------------------
-def _weight_matrix(W, groups: int):
-    """W (O, C/g, kt, *ks) -> (g, O/g * kt, C/g * prod(ks)), rows ordered (o, dt), columns (c, taps)."""
-    o, cg, kt = W.shape[:3]
-    ks = W.shape[3:]
-    d = len(ks)
-    blocks = W.reshape((groups, o // groups, cg, kt) + ks)
-    blocks = blocks.transpose((0, 1, 3, 2) + tuple(range(4, 4 + d)))
-    return blocks.reshape(groups, (o // groups) * kt, cg * math.prod(ks))
-
-
-def _weight_from_matrix(Wmat, w_shape: tuple, groups: int):
-    """Inverse of ``_weight_matrix``: (g, O/g * kt, C/g * prod(ks)) -> (O, C/g, kt, *ks)."""
-    o, cg, kt = w_shape[:3]
-    ks = tuple(w_shape[3:])
-    d = len(ks)
-    blocks = Wmat.reshape((groups, o // groups, kt, cg) + ks)
-    blocks = blocks.transpose((0, 1, 3, 2) + tuple(range(4, 4 + d)))
-    return blocks.reshape(w_shape)
-
-
-def _group_matmul(a, b):
-    """Per-group product (g, m, k) @ (g, k, n) -> (g, m, n).
-
-    A 2D product per group: numpy's stacked matmul falls back to a slow non-BLAS loop when an operand
-    is a transposed view (40x slower for dW = dY @ cols^T), while a 2D ``@`` hands it to BLAS as is.
-    """
-    if a.shape[0] == 1:
-        return (a[0] @ b[0])[None]
-    xp = get_array_module(a, b)
-    out = xp.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=xp.result_type(a, b))
-    for g in range(a.shape[0]):
-        out[g] = a[g] @ b[g]
-    return out
-
-
-def _frame_slice(dt: int, stride: int, t_out: int) -> slice:
-    """Input frames t' * stride + dt for t' = 0 .. t_out - 1."""
-    return slice(dt, dt + stride * (t_out - 1) + 1, stride)
-
-
 def conv_output_shape(x_shape: tuple, w_shape: tuple, stride: tuple, padding: tuple) -> tuple:
     """Output shape of ``conv_forward`` (entries < 1 mean the kernel does not fit)."""
     spatial = tuple(output_size(s, k, st, p)
@@ -77,63 +36,13 @@ def conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int):
     -> out (N, O, T', *S') with T' = (T + 2 pt - kt) // st + 1 (likewise S'), and the cache for
     ``conv_backward``.
     """
-    xp = get_array_module(x)
-    n = x.shape[0]
-    o, cg, kt = W.shape[:3]
-    ks = tuple(W.shape[3:])
-    st = stride[0]
-    xpad = pad_spatial(x, padding)  # pads frames and spatial axes at once
-    cols = im2col(xpad, ks, stride[1:])  # (C * prod(ks), N * Tp * prod(S'))
-    cols = cols.reshape(groups, cg * math.prod(ks), -1)
-    Wmat = _weight_matrix(W, groups)
-    Y = _group_matmul(Wmat, cols)  # (g, O/g * kt, N * Tp * prod(S'))
-    t_pad = xpad.shape[2]
-    out_shape = conv_output_shape(x.shape, W.shape, stride, padding)
-    t_out, s_out = out_shape[2], out_shape[3:]
-    Y = Y.reshape((o, kt, n, t_pad) + s_out)
-    acc = Y[:, 0, :, _frame_slice(0, st, t_out)].copy()  # (O, N, T', *S')
-    for dt in range(1, kt):
-        acc += Y[:, dt, :, _frame_slice(dt, st, t_out)]
-    out = xp.ascontiguousarray(acc.swapaxes(0, 1))
-    if b is not None:
-        out += b.reshape((1, o) + (1,) * (out.ndim - 2))
-    cache = (cols, Wmat, xpad.shape, x.shape, W.shape, stride, padding, groups)
-    return out, cache
+    return banded_conv_forward(x, [W], [b], [0, x.shape[2] + 2 * padding[0]], stride, padding, groups)
 
 
 def conv_backward(dout, cache, input_grad: bool = True):
-    """Mirror of ``conv_forward``: dout (N, O, T', *S') -> (dx (N, C, T, *S) or None, dW, db (O,)).
-
-    dY[(o, dt), (n, t)] holds dout[n, o, t'] where t = t' * st + dt and zeros for frames no output
-    uses; then dW = dY @ cols^T and dcols = W^T @ dY, folded back frame by frame (col2im).
-    """
-    xp = get_array_module(dout)
-    cols, Wmat, xpad_shape, x_shape, w_shape, stride, padding, groups = cache
-    o, _, kt = w_shape[:3]
-    ks = tuple(w_shape[3:])
-    n, _, t_out = dout.shape[:3]
-    s_out = dout.shape[3:]
-    st = stride[0]
-    t_pad = xpad_shape[2]
-    dout_t = dout.swapaxes(0, 1)  # (O, N, T', *S')
-    dY = xp.zeros((o, kt, n, t_pad) + s_out, dtype=dout.dtype)
-    for dt in range(kt):
-        dY[:, dt, :, _frame_slice(dt, st, t_out)] = dout_t
-    dY = dY.reshape(groups, (o // groups) * kt, -1)
-    # dW = dY @ cols^T, computed as (cols @ dY^T)^T: OpenBLAS is up to 100x slower on the
-    # (small x huge) @ (huge x small) orientation with the long axis inside.
-    dWmat = _group_matmul(cols, dY.transpose(0, 2, 1)).transpose(0, 2, 1)
-    dW = _weight_from_matrix(dWmat, w_shape, groups)
-    db = dout.sum(axis=(0,) + tuple(range(2, dout.ndim)))
-    if not input_grad:
-        return None, dW, db
-    dcols = _group_matmul(Wmat.transpose(0, 2, 1), dY)  # (g, C/g * prod(ks), N * Tp * prod(S'))
-    dcols = dcols.reshape(-1, dcols.shape[-1])
-    dxpad = col2im(dcols, xpad_shape, ks, stride[1:])
-    if not any(padding):
-        return dxpad, dW, db
-    crop = tuple(slice(p, p + s) for p, s in zip(padding, x_shape[2:]))
-    return xp.ascontiguousarray(dxpad[(slice(None), slice(None)) + crop]), dW, db
+    """Mirror of ``conv_forward``: dout (N, O, T', *S') -> (dx (N, C, T, *S) or None, dW, db (O,))."""
+    dx, dws, dbs = banded_conv_backward(dout, cache, input_grad)
+    return dx, dws[0], dbs[0]
 
 
 # --- layers --------------------------------------------------------------------------------------
@@ -284,19 +193,13 @@ class SegmentConv3D(Layer):
                                            self.out_channels * volume // self.groups, init, rng, dtype)
         if self.bias:
             self.params["b"] = np.zeros(lead + (self.out_channels,), dtype=dtype)
-        self._caches = None
+        self._cache = None
 
     def config(self):
         return {"segments": list(self.segments), "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
                 "groups": self.groups, "shared": self.shared, "bias": self.bias, "init": self.init,
                 "dtype": np.dtype(self.dtype).name, "input_grad": self.input_grad, "name": self.name}
-
-    def _segment_params(self, s):
-        b = self.params.get("b")
-        if self.shared:
-            return self.params["W"], b
-        return self.params["W"][s], None if b is None else b[s]
 
     def _starts(self):
         return np.concatenate([[0], np.cumsum(self.segments)]).tolist()
@@ -313,42 +216,26 @@ class SegmentConv3D(Layer):
         _check_fits(self, input_shape, out, self.kernel_size)
         return out
 
+    def _segment_kernels(self):
+        """(list of W (O, C/g, kt, kh, kw), list of b (O,) or None), one entry per segment."""
+        n = len(self.segments)
+        W, b = self.params["W"], self.params.get("b")
+        kernels = [W] * n if self.shared else list(W)
+        biases = [b] * n if (self.shared or b is None) else list(b)
+        return kernels, biases
+
     def forward(self, x, training=False):
         self.output_shape(x.shape)  # validates
-        self._caches = None  # free the previous batch's column matrices before building these
-        xp = get_array_module(x)
-        starts = self._starts()
-        outs, self._caches = [], []
-        for s in range(len(self.segments)):
-            W, b = self._segment_params(s)
-            out, cache = conv_forward(x[:, :, starts[s]: starts[s + 1]], W, b, (1, 1, 1), (0, 0, 0), self.groups)
-            outs.append(out)
-            self._caches.append(cache)
-        return xp.concatenate(outs, axis=2)
+        self._cache = None  # free the previous batch's input before keeping this one
+        kernels, biases = self._segment_kernels()
+        out, self._cache = banded_conv_forward(x, kernels, biases, self._starts(), (1, 1, 1), (0, 0, 0),
+                                               self.groups)
+        return out
 
     def backward(self, dy):
+        dx, dws, dbs = banded_conv_backward(dy, self._cache, self.input_grad)
         xp = get_array_module(dy)
-        out_starts = np.concatenate([[0], np.cumsum(self.output_segments)]).tolist()
-        starts = self._starts()
-        dx = None
-        dW = xp.zeros_like(self.params["W"], dtype=dy.dtype)
-        db = xp.zeros_like(self.params["b"], dtype=dy.dtype) if self.bias else None
-        for s, cache in enumerate(self._caches):
-            dx_s, dW_s, db_s = conv_backward(dy[:, :, out_starts[s]: out_starts[s + 1]], cache, self.input_grad)
-            if self.shared:
-                dW += dW_s
-                if self.bias:
-                    db += db_s
-            else:
-                dW[s] = dW_s
-                if self.bias:
-                    db[s] = db_s
-            if dx_s is not None:
-                if dx is None:
-                    dx = xp.empty((dy.shape[0], self.in_channels, starts[-1]) + dx_s.shape[3:],
-                                  dtype=dx_s.dtype)
-                dx[:, :, starts[s]: starts[s + 1]] = dx_s
-        self.grads["W"] = dW
+        self.grads["W"] = sum(dws[1:], dws[0]) if self.shared else xp.stack(dws)
         if self.bias:
-            self.grads["b"] = db
+            self.grads["b"] = sum(dbs[1:], dbs[0]) if self.shared else xp.stack(dbs)
         return dx

@@ -6,16 +6,31 @@ and returns the gradient for the input. One code path for numpy and CuPy (``xp``
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.init import _rng, initial_weights
+from actionrec.nn.parallel import elementwise, one_blas_thread
 
 
 def _dtype_name(dtype) -> str:
     return np.dtype(dtype).name
+
+
+# Products below this many multiply-adds run on one BLAS thread: splitting them gains little and
+# OpenBLAS's threads stall for tens of milliseconds when the cores are busy with other work.
+_SMALL_PRODUCT = 1 << 24
+
+
+def _blas_threads_for(x, W):
+    xp = get_array_module(x)
+    if x.shape[0] * W.size < _SMALL_PRODUCT:
+        return one_blas_thread(xp)
+    return contextlib.nullcontext()
 
 
 @register_layer
@@ -61,7 +76,8 @@ class Dense(Layer):
             raise ShapeError(f"{self.name}: Dense expects input (N, {self.in_features}), got {tuple(x.shape)}"
                              " (add a Flatten layer before it, or fix in_features)")
         self._x = x
-        y = x @ self.params["W"].T
+        with _blas_threads_for(x, self.params["W"]):
+            y = x @ self.params["W"].T
         if self.use_bias:
             y += self._effective_bias()
         return y
@@ -69,12 +85,14 @@ class Dense(Layer):
     def backward(self, dy):
         """dy (N, O) -> dx (N, F); fills grads "W" (O, F) and "b" (O,) or (O, G)."""
         x = self._x
-        self.grads["W"] = dy.T @ x
+        with _blas_threads_for(x, self.params["W"]):
+            self.grads["W"] = dy.T @ x
+            dx = dy @ self.params["W"]
         if self.use_bias:
             db = dy.sum(axis=0)
             b = self.params["b"]
             self.grads["b"] = db if b.ndim == 1 else get_array_module(b).repeat(db[:, None], b.shape[1], axis=1)
-        return dy @ self.params["W"]
+        return dx
 
 
 @register_layer
@@ -95,6 +113,14 @@ class Flatten(Layer):
         return dy.reshape(self._shape)
 
 
+def _tanh_grad(dy, y, out):
+    """out = dy * (1 - y**2), in place: no temporaries."""
+    get_array_module(y).multiply(y, y, out=out)
+    get_array_module(y).subtract(1, out, out=out)
+    out *= dy
+    return out
+
+
 @register_layer
 class Tanh(Layer):
     """Element-wise hyperbolic tangent (the paper's activation)."""
@@ -106,12 +132,13 @@ class Tanh(Layer):
     def forward(self, x, training: bool = False):
         """x (any shape) -> y = tanh(x), same shape."""
         xp = get_array_module(x)
-        self._y = xp.tanh(x)
+        self._y = elementwise(xp, xp.tanh, xp.empty_like(x), x)
         return self._y
 
     def backward(self, dy):
         """dy (same shape) -> dx = dy * (1 - y**2)."""
-        return dy * (1 - self._y * self._y)
+        xp = get_array_module(dy)
+        return elementwise(xp, _tanh_grad, xp.empty_like(dy, dtype=xp.result_type(dy, self._y)), dy, self._y)
 
 
 @register_layer

@@ -47,16 +47,15 @@ class BatchNorm(Layer):
         """x (N, C, *S) -> y (N, C, *S); statistics per channel over the N * prod(S) values."""
         self._check(x)
         xp = get_array_module(x)
-        axes = (0,) + tuple(range(2, x.ndim))
         shape = (1, -1) + (1,) * (x.ndim - 2)  # broadcast a (C,) vector against x
+        count = x.size // self.num_features
         if training:
-            count = x.size // self.num_features
             if count < 2:
                 raise ShapeError(f"{self.name}: BatchNorm in training needs more than one value per channel, "
                                  f"got input {tuple(x.shape)} (use a batch size > 1)")
-            mean = x.mean(axis=axes)
-            centred = x - mean.reshape(shape)
-            var = (centred * centred).mean(axis=axes)
+            mean = _channel_sum(x) / count
+            x_hat = x - mean.reshape(shape)
+            var = _channel_dot(x_hat, x_hat) / count
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - m
@@ -66,24 +65,43 @@ class BatchNorm(Layer):
         else:
             mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
             var = self.buffers["running_var"].astype(x.dtype, copy=False)
-            centred = x - mean.reshape(shape)
+            x_hat = x - mean.reshape(shape)
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        x_hat = centred * inv_std.reshape(shape)
-        self._cache = (x_hat, inv_std, axes, shape, training)
-        return x_hat * self.params["W"].reshape(shape) + self.params["b"].reshape(shape)
+        x_hat *= inv_std.reshape(shape)  # in place: the big arrays are x_hat and y only
+        self._cache = (x_hat, inv_std, count, shape, training)
+        y = x_hat * self.params["W"].reshape(shape)
+        y += self.params["b"].reshape(shape)
+        return y
 
     def backward(self, dy):
         """dy (N, C, *S) -> dx (N, C, *S); fills grads "W" and "b" (C,).
 
-        In training the mean and variance depend on x, which adds the two mean terms below; in
-        evaluation they are constants and dx is a per-channel scaling of dy.
+        In training the mean and variance depend on x, which adds the two mean terms:
+        dx = W * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means per channel; in evaluation
+        they are constants and dx is a per-channel scaling of dy.
         """
-        x_hat, inv_std, axes, shape, training = self._cache
-        self.grads["b"] = dy.sum(axis=axes)
-        self.grads["W"] = (dy * x_hat).sum(axis=axes)
-        dx_hat = dy * self.params["W"].reshape(shape)
+        x_hat, inv_std, count, shape, training = self._cache
+        db = _channel_sum(dy)
+        dW = _channel_dot(dy, x_hat)
+        self.grads["b"], self.grads["W"] = db, dW
+        scale = (self.params["W"] * inv_std).reshape(shape)
         if not training:
-            return dx_hat * inv_std.reshape(shape)
-        mean_dx_hat = dx_hat.mean(axis=axes, keepdims=True)
-        mean_dx_hat_x_hat = (dx_hat * x_hat).mean(axis=axes, keepdims=True)
-        return (dx_hat - mean_dx_hat - x_hat * mean_dx_hat_x_hat) * inv_std.reshape(shape)
+            return dy * scale
+        dx = x_hat * (-dW / count).reshape(shape)
+        dx += dy
+        dx -= (db / count).reshape(shape)
+        dx *= scale
+        return dx
+
+
+def _channel_sum(a):
+    """a (N, C, *S) -> (C,): sums of every channel, reduced along contiguous runs (many times faster
+    than a reduction over axes (0, 2, 3) of a 4-d array)."""
+    return a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2).sum(axis=0)
+
+
+def _channel_dot(a, b):
+    """(C,) sums of a * b per channel, without the product array."""
+    xp = get_array_module(a)
+    n, c = a.shape[:2]
+    return xp.einsum("nci,nci->c", a.reshape(n, c, -1), b.reshape(n, c, -1))

@@ -1,0 +1,36 @@
+"""actionrec.nn.parallel: chunks and element-wise work spread over threads give the serial results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actionrec.nn import parallel
+
+
+def test_map_chunks_keeps_order_and_runs_every_chunk():
+    chunks = [(s, s + 3) for s in range(0, 30, 3)]
+    assert parallel.map_chunks(np, lambda a, b: (a, b, b - a), chunks) == [(a, b, 3) for a, b in chunks]
+
+
+@pytest.mark.parametrize("shape", [(2, 600, 1000), (5, 3), (1, 2_000_000)])
+def test_elementwise_equals_one_call(shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = parallel.elementwise(np, np.tanh, np.empty_like(x), x)
+    np.testing.assert_array_equal(out, np.tanh(x))  # same ufunc on the same elements: bit for bit
+
+
+def test_one_blas_thread_restores_the_limit():
+    """numpy's own BLAS (the one our products use) runs on one thread inside the block, as before after."""
+    from threadpoolctl import threadpool_info
+
+    def numpy_blas_threads():
+        return [i["num_threads"] for i in threadpool_info()
+                if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+    before = numpy_blas_threads()
+    assert before
+    with parallel.one_blas_thread(np):
+        assert numpy_blas_threads() == [1] * len(before)
+    assert numpy_blas_threads() == before
