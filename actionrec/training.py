@@ -93,12 +93,15 @@ class Trainer:
     ``log_prefix``: path prefix of ``.history.csv``, ``.history.json`` and ``.curves.png``.
     ``patience``: stop after this many epochs without a lower validation loss (0: never).
     ``class_weights``: per-class loss weights (see ``balanced_class_weights``).
+    ``schedule_per_step``: call ``schedule`` before every batch with the fractional epoch
+    ``epoch + step / steps_per_epoch`` (a smooth cosine decay that reaches its end at the last batch),
+    instead of once per epoch.
     """
 
     def __init__(self, model, optimizer, schedule=None, *, epochs: int = 10, batch_size: int = 32,
                  seed: int = 0, device: str = "cpu", patience: int = 0, class_weights=None,
                  checkpoint=None, out=None, log_prefix=None, metadata=None, progress: bool = True,
-                 prefetch: bool = True, unit: str = "sample", stream=None):
+                 prefetch: bool = True, unit: str = "sample", stream=None, schedule_per_step: bool = False):
         if epochs < 1:
             raise ActionrecError(f"--epochs must be at least 1, got {epochs}")
         if batch_size < 1:
@@ -111,6 +114,7 @@ class Trainer:
         self.model = model.to(self.xp)
         self.optimizer = optimizer
         self.schedule = schedule
+        self.schedule_per_step = bool(schedule_per_step) and schedule is not None
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -157,10 +161,13 @@ class Trainer:
         reseed_randomness(self.model, train, self.seed, epoch)
         start = time.perf_counter()
         loss_sum = correct = seen = 0.0
+        steps = -(-len(train) // self.batch_size)
         bar = tqdm(total=len(train), desc=f"epoch {epoch + 1}/{self.epochs}", unit=self.unit,
                    disable=not self.progress, file=self.stream, leave=True, dynamic_ncols=True)
         try:
             for step, (_, x, y) in enumerate(iterate_batches(train, order, self.batch_size, self.prefetch)):
+                if self.schedule_per_step:
+                    self.optimizer.lr = float(self.schedule(epoch + step / steps))
                 loss, n_correct = self._train_step(x, y, epoch, step)
                 n = len(y)
                 loss_sum += loss * n

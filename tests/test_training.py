@@ -178,3 +178,17 @@ def test_bad_trainer_settings_are_clear_errors(tmp_path):
         make_trainer(tmp_path, epochs=0)
     with pytest.raises(ActionrecError, match="empty"):
         make_trainer(tmp_path).fit(ArraySource(np.zeros((0,) + TINY.input_shape, np.float32), np.zeros(0, int)))
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_schedule_is_applied_per_epoch_or_per_batch(tmp_path, per_step):
+    from actionrec.nn.optim import CosineLR
+
+    trainer = make_trainer(tmp_path, epochs=2, schedule=CosineLR(0.02, total_epochs=2), schedule_per_step=per_step)
+    seen = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda model: (seen.append(trainer.optimizer.lr), step(model))
+    trainer.fit(pattern_data(n=48))  # 6 batches of 8 per epoch
+    expected = [CosineLR(0.02, 2)(e + (s / 6 if per_step else 0)) for e in range(2) for s in range(6)]
+    assert seen == pytest.approx(expected)
+    assert trainer.history["lr"] == pytest.approx([0.02, 0.01])  # the log keeps each epoch's starting lr

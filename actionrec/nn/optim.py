@@ -234,8 +234,8 @@ class CosineLR:
         self.min_lr, self.warmup_epochs = float(min_lr), int(warmup_epochs)
 
     def __call__(self, epoch: int) -> float:
-        if epoch < self.warmup_epochs:
-            return self.lr * (epoch + 1) / self.warmup_epochs
+        if epoch < self.warmup_epochs:  # min(): a fractional epoch (per-step schedules) never overshoots lr
+            return self.lr * min(1.0, (epoch + 1) / self.warmup_epochs)
         progress = min(1.0, (epoch - self.warmup_epochs) / (self.total_epochs - self.warmup_epochs))
         return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
