@@ -160,6 +160,26 @@ def test_baseline_command_on_cifar_format_with_augmentation(tmp_path, capsys):
     assert "airplane" in printed  # default class names without batches.meta.txt
 
 
+def test_validation_hold_out_is_the_last_training_images(tmp_path, rng, capsys):
+    from actionrec.cli import main
+    from actionrec.cli.baseline import make_sources
+    from actionrec.datasets.mnist import load_mnist
+
+    _learnable_mnist(tmp_path, rng, 120, 30)
+    data = load_mnist(tmp_path)
+    train, held_out, test = make_sources(data, validation=20)
+    assert (len(train), len(held_out), len(test)) == (100, 20, 30)
+    np.testing.assert_array_equal(held_out.labels, data["train"][1][100:])
+    assert held_out.mean == train.mean and test.std == train.std  # one normalisation, the training part's
+    assert make_sources(data)[1] is None
+    out = tmp_path / "v.h5"
+    assert main(["baseline", "mnist", "--data", str(tmp_path), "--model", "lenet5", "--epochs", "1",
+                 "--validation", "20", "--out", str(out)]) == 0
+    assert "validation loss" in capsys.readouterr().err  # the per-epoch line reports the held-out images
+    assert main(["baseline", "mnist", "--data", str(tmp_path), "--validation", "120"]) == 2
+    assert "--validation 120: hold out between 0 and 119" in capsys.readouterr().err
+
+
 def test_baseline_command_errors(tmp_path, capsys):
     from actionrec.cli import main
 

@@ -35,18 +35,26 @@ def load_dataset(name: str, data_dir=None, download: bool = False, cache_dir=Non
     return (load_mnist if name == "mnist" else load_cifar10)(data_dir)
 
 
-def make_sources(data: dict, crop_padding=0, flip=False, seed=0, limit=None):
-    """Training source (augmented when asked) and test source with the training set's normalisation."""
+def make_sources(data: dict, crop_padding=0, flip=False, seed=0, limit=None, validation=0):
+    """Training source (augmented when asked), validation source (the last ``validation`` training
+    images, held out; None when 0) and test source, all with the training images' normalisation."""
     from actionrec.augment import Augment
     from actionrec.datasets.images import ImageArraySource
 
     x, y = data["train"]
     if limit:
         x, y = x[:limit], y[:limit]
+    validation = int(validation or 0)
+    if not 0 <= validation < len(x):
+        raise ActionrecError(f"--validation {validation}: hold out between 0 and {len(x) - 1} of the "
+                             f"{len(x)} training images")
+    cut = len(x) - validation
     augment = Augment(crop_padding, flip) if (crop_padding or flip) else None
-    train = ImageArraySource(x, y, data["classes"], augment=augment, seed=seed)
+    train = ImageArraySource(x[:cut], y[:cut], data["classes"], augment=augment, seed=seed)
+    held_out = (ImageArraySource(x[cut:], y[cut:], data["classes"], mean=train.mean, std=train.std)
+                if validation else None)
     test = ImageArraySource(*data["test"], data["classes"], mean=train.mean, std=train.std)
-    return train, test
+    return train, held_out, test
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
@@ -88,7 +96,8 @@ def run(args) -> int:
         raise ActionrecError(f"unknown image model {s['model']!r}: choose one of {', '.join(images)}")
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data, args.download, args.cache)
-    train, test = make_sources(data, s["crop_padding"], s["flip"], seed=args.seed, limit=args.limit)
+    train, validation, test = make_sources(data, s["crop_padding"], s["flip"], seed=args.seed, limit=args.limit,
+                                           validation=args.validation)
     try:  # imported after the data is validated, so data errors come first
         from actionrec.training import Trainer, predict_logits
     except ModuleNotFoundError as exc:
@@ -116,7 +125,7 @@ def run(args) -> int:
     print(f"{s['model']}: {model.num_parameters():,} parameters; {len(train)} training images, "
           f"{len(test)} test images; device {device}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    trainer.fit(train, None, resume=checkpoint.exists() and not args.restart)
+    trainer.fit(train, validation, resume=checkpoint.exists() and not args.restart)
     seconds = time.perf_counter() - start
     logits, labels = predict_logits(trainer.model, test, s["batch_size"])
     matrix = confusion_matrix(labels, logits.argmax(axis=1), train.num_classes)
@@ -152,6 +161,9 @@ def register(subparsers):
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--limit", type=int, help="use only the first N training images (quick tries)")
+    p.add_argument("--validation", type=int, default=0, metavar="N",
+                   help="hold out the last N training images as a validation set (for choosing settings "
+                        "without looking at the test set); the test accuracy is that of the last epoch")
     p.add_argument("--out", type=Path, help="model file (default models/<model>-<dataset>.h5)")
     p.add_argument("--device", default=None, help="cpu or gpu (default $ACTIONREC_DEVICE or cpu)")
     p.add_argument("--seed", type=int, default=0)
