@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from actionrec.cli.arguments import number_list
 from actionrec.errors import ActionrecError
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -107,15 +108,8 @@ def _split_options(p, default_part):
                        "persons, as in the paper)")
     p.add_argument("--trial", type=int, default=None, help="trial number of the ji split")
     for part in ("train", "validation", "test"):
-        p.add_argument(f"--{part}-persons", type=_persons, default=None, metavar="LIST",
-                       help=f"explicit {part} persons, e.g. 11,12,13")
-
-
-def _persons(text):
-    try:
-        return [int(v) for v in str(text).replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of person numbers") from None
+        p.add_argument(f"--{part}-persons", type=number_list, default=None, metavar="LIST",
+                       help=f"explicit {part} persons, e.g. 11-14 or 1,19,20")
 
 
 def _model_options(p):

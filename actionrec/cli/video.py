@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from actionrec.cli.arguments import number_list
+
 
 def _size(text):
     from actionrec.video import parse_size
@@ -13,20 +15,13 @@ def _size(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _int_list(text):
-    try:
-        return [int(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 1,2,3, not {text!r}") from None
-
-
 def register(subparsers):
     """Add this module's sub-commands to the ``actionrec`` parser."""
     p = subparsers.add_parser("synth", help="write synthetic KTH-style clips (offline data for demos and tests)",
                               description="Write synthetic clips in the KTH layout OUT_DIR/<action>/personXX_<action>_dY_uncomp.avi.")
     p.add_argument("out_dir")
-    p.add_argument("--persons", type=_int_list, default=list(range(1, 10)), help="person numbers (default 1-9)")
-    p.add_argument("--scenarios", type=_int_list, default=[1, 3], help="scenarios 1-4 (default 1,3)")
+    p.add_argument("--persons", type=number_list, default=list(range(1, 10)), help="person numbers and ranges, e.g. 1-9 or 1,4,11-14 (default 1-9)")
+    p.add_argument("--scenarios", type=number_list, default=[1, 3], help="scenarios 1-4 (default 1,3)")
     p.add_argument("--seconds", type=float, default=2.4, help="clip length (default 2.4 s at 25 fps)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_synth)
