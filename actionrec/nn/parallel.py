@@ -71,3 +71,31 @@ def elementwise(xp, fn, out, *arrays):
 
     map_chunks(xp, work, [(s, min(n, s + step)) for s in range(0, n, step)])
     return out
+
+
+# Products below this many multiply-adds run as one call: splitting them gains less than the hand-off.
+_PARALLEL_MACS = 1 << 22
+
+
+def matmul(xp, a, b):
+    """a (M, K) @ b (K, P) -> (M, P), rows of ``a`` split over WORKERS threads with one BLAS thread each
+    (small products: one call on one BLAS thread; CuPy: one call).
+
+    Keeps OpenBLAS's own threads out of the way: they stall for tens of milliseconds when the cores are
+    busy with other work (a 1024 x 256 dense layer measured at 38 ms instead of 1 ms).
+    """
+    if xp is not np:
+        return a @ b
+    m = a.shape[0]
+    out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
+    if WORKERS == 1 or m < 2 or m * a.shape[1] * b.shape[1] < _PARALLEL_MACS:
+        with one_blas_thread(xp):
+            np.matmul(a, b, out=out)
+        return out
+    step = -(-m // WORKERS)
+
+    def work(s, e):
+        np.matmul(a[s:e], b, out=out[s:e])
+
+    map_chunks(xp, work, [(s, min(m, s + step)) for s in range(0, m, step)])
+    return out
