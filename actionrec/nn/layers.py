@@ -12,7 +12,7 @@ from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.init import _rng, initial_weights
-from actionrec.nn.parallel import elementwise, matmul
+from actionrec.nn.parallel import elementwise, matmul, over_batch
 
 
 def _dtype_name(dtype) -> str:
@@ -136,12 +136,21 @@ class ReLU(Layer):
 
     def forward(self, x, training: bool = False):
         """x (any shape) -> y = max(x, 0), same shape."""
-        self._positive = x > 0
-        return x * self._positive
+        xp = get_array_module(x)
+        positive, y = xp.empty(x.shape, dtype=bool), xp.empty_like(x)
+
+        def work(s, e):
+            xp.greater(x[s:e], 0, out=positive[s:e])
+            xp.multiply(x[s:e], positive[s:e], out=y[s:e])
+
+        over_batch(xp, work, x.shape[0], x.size)
+        self._positive = positive
+        return y
 
     def backward(self, dy):
         """dy (same shape) -> dx = dy where x > 0, else 0 (subgradient 0 at the kink)."""
-        return dy * self._positive
+        xp = get_array_module(dy)
+        return elementwise(xp, xp.multiply, xp.empty_like(dy), dy, self._positive)
 
 
 @register_layer

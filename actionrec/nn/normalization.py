@@ -7,6 +7,7 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
+from actionrec.nn.parallel import elementwise, over_batch
 
 
 @register_layer
@@ -49,13 +50,19 @@ class BatchNorm(Layer):
         xp = get_array_module(x)
         shape = (1, -1) + (1,) * (x.ndim - 2)  # broadcast a (C,) vector against x
         count = x.size // self.num_features
+        n = x.shape[0]
+        x_hat = xp.empty_like(x)
         if training:
             if count < 2:
                 raise ShapeError(f"{self.name}: BatchNorm in training needs more than one value per channel, "
                                  f"got input {tuple(x.shape)} (use a batch size > 1)")
-            mean = _channel_sum(x) / count
-            x_hat = x - mean.reshape(shape)
-            var = _channel_dot(x_hat, x_hat) / count
+            mean = sum(over_batch(xp, lambda s, e: _channel_sum(x[s:e]), n, x.size)) / count
+
+            def center(s, e):
+                xp.subtract(x[s:e], mean.reshape(shape), out=x_hat[s:e])
+                return _channel_dot(x_hat[s:e], x_hat[s:e])
+
+            var = sum(over_batch(xp, center, n, x.size)) / count
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - m
@@ -65,12 +72,19 @@ class BatchNorm(Layer):
         else:
             mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
             var = self.buffers["running_var"].astype(x.dtype, copy=False)
-            x_hat = x - mean.reshape(shape)
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        x_hat *= inv_std.reshape(shape)  # in place: the big arrays are x_hat and y only
-        self._cache = (x_hat, inv_std, count, shape, training)
-        y = x_hat * self.params["W"].reshape(shape)
-        y += self.params["b"].reshape(shape)
+            elementwise(xp, lambda a, out: xp.subtract(a, mean.reshape(shape), out=out), x_hat, x)
+        inv_std = (1.0 / xp.sqrt(var + self.eps)).reshape(shape)
+        W, b = self.params["W"].reshape(shape), self.params["b"].reshape(shape)
+        y = xp.empty_like(x)
+
+        def normalise(s, e):  # three passes per block of items small enough for the cache
+            for a, z in _blocks(s, e, x):
+                x_hat[a:z] *= inv_std  # in place: the big arrays are x_hat and y only
+                xp.multiply(x_hat[a:z], W, out=y[a:z])
+                y[a:z] += b
+
+        over_batch(xp, normalise, n, x.size)
+        self._cache = (x_hat, inv_std.reshape(-1), count, shape, training)
         return y
 
     def backward(self, dy):
@@ -80,18 +94,40 @@ class BatchNorm(Layer):
         dx = W * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means per channel; in evaluation
         they are constants and dx is a per-channel scaling of dy.
         """
+        xp = get_array_module(dy)
         x_hat, inv_std, count, shape, training = self._cache
-        db = _channel_sum(dy)
-        dW = _channel_dot(dy, x_hat)
+        n = dy.shape[0]
+        parts = over_batch(xp, lambda s, e: (_channel_sum(dy[s:e]), _channel_dot(dy[s:e], x_hat[s:e])), n,
+                           dy.size)
+        db, dW = sum(p[0] for p in parts), sum(p[1] for p in parts)
         self.grads["b"], self.grads["W"] = db, dW
         scale = (self.params["W"] * inv_std).reshape(shape)
+        dx = xp.empty_like(dy)
         if not training:
-            return dy * scale
-        dx = x_hat * (-dW / count).reshape(shape)
-        dx += dy
-        dx -= (db / count).reshape(shape)
-        dx *= scale
+            return elementwise(xp, lambda a, out: xp.multiply(a, scale, out=out), dx, dy)
+        slope, shift = (-dW / count).reshape(shape), (db / count).reshape(shape)
+
+        def combine(s, e):
+            for a, z in _blocks(s, e, dy):
+                xp.multiply(x_hat[a:z], slope, out=dx[a:z])
+                dx[a:z] += dy[a:z]
+                dx[a:z] -= shift
+                dx[a:z] *= scale
+
+        over_batch(xp, combine, n, dy.size)
         return dx
+
+
+# Items per block of the element-wise passes: about this many elements (1 MB of float32), so the
+# passes after the first find the block in the cache.
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def _blocks(start: int, end: int, a):
+    """[(a0, a1)] blocks of whole items of ``a`` covering start..end."""
+    per_item = max(1, a[:1].size)
+    step = max(1, _BLOCK_ELEMENTS // per_item)
+    return [(s, min(end, s + step)) for s in range(start, end, step)]
 
 
 def _channel_sum(a):

@@ -51,8 +51,18 @@ def map_chunks(xp, work, chunks):
         return list(_pool.map(lambda c: work(*c), chunks))
 
 
-# Element-wise work below this many elements runs on one thread: the hand-off costs more than it saves.
-_PARALLEL_ELEMENTS = 1 << 20
+# Element-wise work below this many elements runs on one thread: the hand-off (tens of microseconds)
+# costs more than it saves.
+_PARALLEL_ELEMENTS = 1 << 18
+
+
+def over_batch(xp, work, n: int, size: int):
+    """[work(start, end)] over WORKERS slices of a batch of ``n`` items (one call, work(0, n), for
+    small work of ``size`` elements in all, a batch of one, or CuPy). Slices are whole items."""
+    if xp is not np or WORKERS == 1 or size < _PARALLEL_ELEMENTS or n < 2:
+        return [work(0, n)]
+    step = -(-n // WORKERS)
+    return map_chunks(xp, work, [(s, min(n, s + step)) for s in range(0, n, step)])
 
 
 def elementwise(xp, fn, out, *arrays):
@@ -60,16 +70,10 @@ def elementwise(xp, fn, out, *arrays):
 
     ``out`` and every array share the batch axis 0 and shape; fn is a ufunc-like callable with ``out``.
     """
-    n = out.shape[0]
-    if xp is not np or WORKERS == 1 or out.size < _PARALLEL_ELEMENTS or n < 2:
-        fn(*arrays, out=out)
-        return out
-    step = -(-n // WORKERS)
-
     def work(s, e):
         fn(*(a[s:e] for a in arrays), out=out[s:e])
 
-    map_chunks(xp, work, [(s, min(n, s + step)) for s in range(0, n, step)])
+    over_batch(xp, work, out.shape[0], out.size)
     return out
 
 

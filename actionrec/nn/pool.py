@@ -17,6 +17,7 @@ from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.im2col import as_tuple, fold_add, output_size, window_view
 from actionrec.nn.init import initial_weights
+from actionrec.nn.parallel import map_chunks, over_batch
 
 _AXES = {2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
 
@@ -114,15 +115,21 @@ class _MaxPoolND(_PoolND):
         return self.stride == self.kernel_size and max(self.kernel_size) < 256
 
     def forward(self, x, training=False):
-        self.output_shape(x.shape)  # validates
-        if self._separable():
-            winners, a = [], x
-            for axis in range(x.ndim - 1, 1, -1):  # last spatial axis first
-                a, winner = _first_max_along(a, axis, self.kernel_size[axis - 2])
-                winners.append(winner)
-            self._cache = ("separable", winners[::-1], x.shape)
-            return a
+        out_shape = self.output_shape(x.shape)  # validates
         xp = get_array_module(x)
+        if self._separable():  # chunks of the batch on every core
+            y = xp.empty(out_shape, dtype=x.dtype)
+
+            def work(s, e):
+                winners, a = [], x[s:e]
+                for axis in range(x.ndim - 1, 1, -1):  # last spatial axis first
+                    a, winner = _first_max_along(a, axis, self.kernel_size[axis - 2])
+                    winners.append(winner)
+                y[s:e] = a
+                return s, e, winners[::-1]
+
+            self._cache = ("separable", over_batch(xp, work, x.shape[0], x.size), x.shape)
+            return y
         windows = self._windows(x)  # (N, C, *S', *kernel) view
         taps = self._taps()
         y = windows[(Ellipsis,) + taps[0]].copy()
@@ -136,20 +143,27 @@ class _MaxPoolND(_PoolND):
 
     def backward(self, dy):
         xp = get_array_module(dy)
-        kind, winner, x_shape = self._cache  # winner: one array per axis step when separable
-        if kind == "separable":  # undo the axis steps, first spatial axis first
-            grad = dy
-            for axis, winners in enumerate(winner, 2):
-                k = self.kernel_size[axis - 2]
-                shape = x_shape[:axis + 1] + grad.shape[axis + 1:]
-                full = grad.shape[axis] * k == shape[axis]
-                spread = (xp.empty if full else xp.zeros)(shape, dtype=dy.dtype)
-                view = _split_axis(spread, axis, k, k)
-                for t in range(k):
-                    target = view[(slice(None),) * (axis + 1) + (t,)]
-                    xp.multiply(grad, winners == t, out=target)
-                grad = spread
-            return grad
+        kind, winner, x_shape = self._cache  # separable: (start, end, one array per axis step) per chunk
+        if kind == "separable":
+            dx = (xp.empty if x_shape[-1] % self.kernel_size[-1] == 0 else xp.zeros)(x_shape, dtype=dy.dtype)
+
+            def work(s, e, winners):  # undo the axis steps, first spatial axis first
+                grad = dy[s:e]
+                for axis, won in enumerate(winners, 2):
+                    k = self.kernel_size[axis - 2]
+                    shape = (e - s,) + x_shape[1:axis + 1] + grad.shape[axis + 1:]
+                    if axis == len(x_shape) - 1:
+                        spread = dx[s:e]
+                    else:
+                        full = grad.shape[axis] * k == shape[axis]
+                        spread = (xp.empty if full else xp.zeros)(shape, dtype=dy.dtype)
+                    view = _split_axis(spread, axis, k, k)
+                    for t in range(k):
+                        xp.multiply(grad, won == t, out=view[(slice(None),) * (axis + 1) + (t,)])
+                    grad = spread
+
+            map_chunks(xp, work, winner)
+            return dx
         dx = xp.zeros(x_shape, dtype=dy.dtype)
         out = dy.shape[2:]
         for index, tap in enumerate(self._taps()):
