@@ -40,12 +40,15 @@ _COLS_ELEMENTS = 1 << 19
 
 
 def _item_chunks(xp, n: int, per_item: int):
-    """[(n0, n1)] chunks of whole items, about ``_COLS_ELEMENTS`` column entries each, and at least as
-    many chunks as worker threads when there are enough items."""
-    step = max(1, min(_COLS_ELEMENTS // max(per_item, 1), -(-n // WORKERS)))
+    """[(n0, n1)] chunks of whole items, at most about ``_COLS_ELEMENTS`` column entries each, of
+    (nearly) equal sizes and as many as a multiple of the worker threads when there are enough items
+    (32 items in chunks of at most 10: four of 8, not 10, 10, 10, 2, which leaves a core idle)."""
     if xp is not np:  # GPU: one chunk, the device parallelises each call itself
-        step = n
-    return [(s, min(n, s + step)) for s in range(0, n, step)]
+        return [(0, n)]
+    most = max(1, _COLS_ELEMENTS // max(per_item, 1))
+    count = min(n, WORKERS * -(-n // (WORKERS * most)))
+    bounds = [i * n // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _pad(x, padding: tuple):
