@@ -45,24 +45,30 @@ class BatchNorm(Layer):
                              f"got {tuple(x.shape)}")
 
     def forward(self, x, training: bool = False):
-        """x (N, C, *S) -> y (N, C, *S); statistics per channel over the N * prod(S) values."""
+        """x (N, C, *S) -> y (N, C, *S); statistics per channel over the N * prod(S) values.
+
+        Keeps x (not x_hat) for backward: y = x * (W inv_std) + (b - mean W inv_std) is two passes, and
+        x_hat is rebuilt per block of items where it is needed, in the cache.
+        """
         self._check(x)
         xp = get_array_module(x)
         shape = (1, -1) + (1,) * (x.ndim - 2)  # broadcast a (C,) vector against x
         count = x.size // self.num_features
         n = x.shape[0]
-        x_hat = xp.empty_like(x)
         if training:
             if count < 2:
                 raise ShapeError(f"{self.name}: BatchNorm in training needs more than one value per channel, "
                                  f"got input {tuple(x.shape)} (use a batch size > 1)")
             mean = sum(over_batch(xp, lambda s, e: _channel_sum(x[s:e]), n, x.size)) / count
 
-            def center(s, e):
-                xp.subtract(x[s:e], mean.reshape(shape), out=x_hat[s:e])
-                return _channel_dot(x_hat[s:e], x_hat[s:e])
+            def squares(s, e):  # the centred block lives in a small buffer only
+                total = 0
+                for a, z, centred in _blocks(s, e, x):
+                    xp.subtract(x[a:z], mean.reshape(shape), out=centred)
+                    total = total + _channel_dot(centred, centred)
+                return total
 
-            var = sum(over_batch(xp, center, n, x.size)) / count
+            var = sum(over_batch(xp, squares, n, x.size)) / count
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - m
@@ -72,19 +78,18 @@ class BatchNorm(Layer):
         else:
             mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
             var = self.buffers["running_var"].astype(x.dtype, copy=False)
-            elementwise(xp, lambda a, out: xp.subtract(a, mean.reshape(shape), out=out), x_hat, x)
-        inv_std = (1.0 / xp.sqrt(var + self.eps)).reshape(shape)
-        W, b = self.params["W"].reshape(shape), self.params["b"].reshape(shape)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        slope = (self.params["W"] * inv_std).astype(x.dtype, copy=False)
+        offset = (self.params["b"] - mean * slope).astype(x.dtype, copy=False)
         y = xp.empty_like(x)
 
-        def normalise(s, e):  # three passes per block of items small enough for the cache
-            for a, z in _blocks(s, e, x):
-                x_hat[a:z] *= inv_std  # in place: the big arrays are x_hat and y only
-                xp.multiply(x_hat[a:z], W, out=y[a:z])
-                y[a:z] += b
+        def normalise(s, e):
+            for a, z, _ in _blocks(s, e, x, buffer=False):
+                xp.multiply(x[a:z], slope.reshape(shape), out=y[a:z])
+                y[a:z] += offset.reshape(shape)
 
         over_batch(xp, normalise, n, x.size)
-        self._cache = (x_hat, inv_std.reshape(-1), count, shape, training)
+        self._cache = (x, mean, inv_std, count, shape, training)
         return y
 
     def backward(self, dy):
@@ -95,24 +100,33 @@ class BatchNorm(Layer):
         they are constants and dx is a per-channel scaling of dy.
         """
         xp = get_array_module(dy)
-        x_hat, inv_std, count, shape, training = self._cache
+        x, mean, inv_std, count, shape, training = self._cache
         n = dy.shape[0]
-        parts = over_batch(xp, lambda s, e: (_channel_sum(dy[s:e]), _channel_dot(dy[s:e], x_hat[s:e])), n,
-                           dy.size)
-        db, dW = sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+        def sums(s, e):  # sum(dy) and sum(dy * (x - mean)) per channel, the centred block in a buffer
+            db = dw = 0
+            for a, z, centred in _blocks(s, e, x):
+                db = db + _channel_sum(dy[a:z])
+                dw = dw + _channel_dot(dy[a:z], xp.subtract(x[a:z], mean.reshape(shape), out=centred))
+            return db, dw
+
+        parts = over_batch(xp, sums, n, dy.size)
+        db, dW = sum(p[0] for p in parts), sum(p[1] for p in parts) * inv_std  # dW = sum(dy * x_hat)
         self.grads["b"], self.grads["W"] = db, dW
-        scale = (self.params["W"] * inv_std).reshape(shape)
+        scale = self.params["W"] * inv_std
         dx = xp.empty_like(dy)
         if not training:
-            return elementwise(xp, lambda a, out: xp.multiply(a, scale, out=out), dx, dy)
-        slope, shift = (-dW / count).reshape(shape), (db / count).reshape(shape)
+            return elementwise(xp, lambda a, out: xp.multiply(a, scale.reshape(shape), out=out), dx, dy)
+        # dx = scale * (dy - db / count - x_hat * dW / count), x_hat = (x - mean) * inv_std, as
+        # x * slope + dy * scale + offset with per-channel slope and offset: four passes per block
+        slope = (-scale * inv_std * dW / count).astype(dy.dtype, copy=False)
+        offset = (-scale * db / count - mean * slope).astype(dy.dtype, copy=False)
 
         def combine(s, e):
-            for a, z in _blocks(s, e, dy):
-                xp.multiply(x_hat[a:z], slope, out=dx[a:z])
-                dx[a:z] += dy[a:z]
-                dx[a:z] -= shift
-                dx[a:z] *= scale
+            for a, z, scaled in _blocks(s, e, x):
+                xp.multiply(x[a:z], slope.reshape(shape), out=dx[a:z])
+                dx[a:z] += offset.reshape(shape)
+                dx[a:z] += xp.multiply(dy[a:z], scale.reshape(shape), out=scaled)
 
         over_batch(xp, combine, n, dy.size)
         return dx
@@ -123,11 +137,16 @@ class BatchNorm(Layer):
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def _blocks(start: int, end: int, a):
-    """[(a0, a1)] blocks of whole items of ``a`` covering start..end."""
+def _blocks(start: int, end: int, a, buffer: bool = True):
+    """[(a0, a1, scratch)] blocks of whole items of ``a`` covering start..end, each with a scratch array
+    of the block's shape (one buffer, reused; None when ``buffer`` is False)."""
+    xp = get_array_module(a)
     per_item = max(1, a[:1].size)
-    step = max(1, _BLOCK_ELEMENTS // per_item)
-    return [(s, min(end, s + step)) for s in range(start, end, step)]
+    step = max(1, min(end - start, _BLOCK_ELEMENTS // per_item))
+    scratch = xp.empty((step,) + a.shape[1:], dtype=a.dtype) if buffer else None
+    for s in range(start, end, step):
+        e = min(end, s + step)
+        yield s, e, None if scratch is None else scratch[:e - s]
 
 
 def _channel_sum(a):
