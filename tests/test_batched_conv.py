@@ -70,9 +70,9 @@ def test_backward_matches_loop_reference(rng, case, dtype):
         assert got.dtype == dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, **tol)
     none, dW_only, db_only = batched_conv_backward(dy, cache, need_dx=False)
-    assert none is None
-    np.testing.assert_array_equal(dW_only, dW)
-    np.testing.assert_array_equal(db_only, db)
+    assert none is None  # (dW by another route when dx comes from the adjoint: equal up to rounding)
+    np.testing.assert_allclose(dW_only, dW, **tol)
+    np.testing.assert_allclose(db_only, db, **tol)
 
 
 @pytest.mark.parametrize("case", CASES)
