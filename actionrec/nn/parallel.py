@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -40,15 +41,39 @@ def one_blas_thread(xp=np):
 
 
 def map_chunks(xp, work, chunks):
-    """[work(*chunk) for chunk in chunks], spread over WORKERS threads on the CPU, in order."""
+    """[work(*chunk) for chunk in chunks], spread over WORKERS threads on the CPU, in order.
+
+    The calling thread works too, taking chunks from the same queue as WORKERS - 1 pool threads, and
+    does not wait for a helper that never got to start (the caller took every chunk): a hand-off
+    costs tens of microseconds and a training step makes dozens.
+    """
     global _pool
     chunks = list(chunks)
     if xp is not np or WORKERS == 1 or len(chunks) == 1:
         return [work(*c) for c in chunks]
     if _pool is None:
-        _pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="actionrec")
+        _pool = ThreadPoolExecutor(WORKERS - 1, thread_name_prefix="actionrec")
+    results = [None] * len(chunks)
+    order = iter(range(len(chunks)))
+    lock = threading.Lock()
+
+    def drain():
+        while True:
+            with lock:
+                index = next(order, None)
+            if index is None:
+                return
+            results[index] = work(*chunks[index])
+
     with one_blas_thread(xp):
-        return list(_pool.map(lambda c: work(*c), chunks))
+        helpers = [_pool.submit(drain) for _ in range(min(WORKERS, len(chunks)) - 1)]
+        try:
+            drain()
+        finally:
+            for helper in helpers:  # one that has not started finds nothing left: cancel, do not wait
+                if not helper.cancel():
+                    helper.result()  # waits, and re-raises a helper's error
+    return results
 
 
 # Element-wise work below this many elements runs on one thread: the hand-off (tens of microseconds)
