@@ -91,8 +91,8 @@ def _input_gradient_flat(dx_chunk, w_t, dy_chunk, kernel: tuple):
 
     dY is spread onto the grid's row pitch (zeros between the rows of each output map), so that every
     kernel tap lands on one contiguous range of the flattened input: one long add per tap instead of
-    one short add per output row (the 8-wide rows of MNIST's second layer cost ~3x more), at the cost
-    of the gap columns in the GEMM.
+    one short add per output row (8 floats on MNIST's second layer, where numpy's per-row overhead
+    dominates the fold), at the cost of the gap columns in the GEMM.
     """
     xp = get_array_module(dy_chunk)
     m, og = dy_chunk.shape[:2]
