@@ -99,3 +99,28 @@ def test_bad_input_shapes_raise_clear_shape_error(layer, x_shape, message):
         layer.output_shape(x_shape)
     with pytest.raises(ShapeError, match=message):
         layer.forward(np.zeros(x_shape))
+
+
+@pytest.mark.parametrize("cls,x_shape,kernel", [
+    (MaxPool2D, (2, 3, 9, 8), 2), (MaxPool2D, (1, 2, 7, 9), (3, 2)), (MaxPool3D, (2, 2, 5, 6, 7), (2, 3, 2)),
+    (MaxPool3D, (1, 2, 4, 6, 6), (1, 2, 2))])
+def test_max_pool_axis_by_axis_equals_tap_by_tap_with_ties(rng, cls, x_shape, kernel):
+    """Non-overlapping windows reduce one axis at a time; the result, including which of several tied
+    maxima gets the gradient (the first in row-major order), equals the tap-by-tap path."""
+    x = rng.integers(0, 3, x_shape).astype(np.float64)  # many ties
+    separable, taps = cls(kernel), cls(kernel)
+    taps._separable = lambda: False
+    y = separable.forward(x)
+    np.testing.assert_array_equal(y, taps.forward(x))
+    assert separable._cache[0] == "separable" and taps._cache[0] == "taps"
+    dy = rng.standard_normal(y.shape)
+    dx = separable.backward(dy)
+    np.testing.assert_array_equal(dx, taps.backward(dy))
+    assert np.count_nonzero(dx) == dy.size
+
+
+def test_max_pool_tie_goes_to_the_first_maximum_in_row_major_order():
+    layer = MaxPool2D(2)
+    layer.forward(np.array([[[[1.0, 5.0], [5.0, 0.0]]]]))
+    dx = layer.backward(np.ones((1, 1, 1, 1)))
+    np.testing.assert_array_equal(dx[0, 0], [[0.0, 1.0], [0.0, 0.0]])

@@ -344,7 +344,7 @@ def _fold(d_a, dx_tiles, n0, n1, group, t0, t1, g: _Geometry):
                     src[..., q * g.b:q * g.b + width]
 
 
-def _flipped_kernels(W, groups: int):
+def flipped_kernels(W, groups: int):
     """Kernels of the adjoint convolution: W (O, C/g, kt, *ks) -> (C, O/g, kt, *ks), every axis of the
     kernel reversed and, within each group, input and output channels swapped."""
     xp = get_array_module(W)
@@ -374,7 +374,7 @@ def _input_gradient_by_adjoint(dout, cache):
     for seg in range(len(kernels)):
         frames = slice(padded_starts[seg] + pads[0], padded_starts[seg + 1] - pads[0])
         dpad[(slice(None), slice(None), frames) + inner] = dout[:, :, out_starts[seg]:out_starts[seg + 1]]
-    flipped = [_flipped_kernels(W, g.groups) for W in kernels]
+    flipped = [flipped_kernels(W, g.groups) for W in kernels]
     dx, _ = banded_conv_forward(dpad, flipped, [None] * len(kernels), padded_starts, (1,) * len(pads),
                                 (0,) * len(pads), g.groups)
     return dx

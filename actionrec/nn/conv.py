@@ -5,6 +5,10 @@ is convolved over its S axes with the kernels of all (output map, temporal tap) 
 unfolding and one GEMM per chunk of items, and an output frame is the sum of kt shifted frames of that
 product. Conv2D is the same code with a single frame and kt = 1; SegmentConv3D gives each segment of
 the time axis its own kernels. The unfolded matrix is rebuilt in backward, never cached.
+
+Conv2D layers with enough output maps that the banding would not tile (b = 1: plain im2col, as in
+the 2D nets) use the batched core instead (``actionrec.nn.batched_conv``): whole chunks of items per
+unfolding and GEMM, where the frame-wise core pays per-item overheads.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import numpy as np
 
 from actionrec.backend import get_array_module
 from actionrec.errors import ShapeError
-from actionrec.nn.banded import banded_conv_backward, banded_conv_forward
+from actionrec.nn.banded import banded_conv_backward, banded_conv_forward, choose_tile
+from actionrec.nn.batched_conv import batched_conv_backward, batched_conv_forward
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.im2col import as_tuple, output_size
 from actionrec.nn.init import initial_weights
@@ -83,6 +88,7 @@ class _ConvND(Layer):
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError("kernel_size and stride must be >= 1 and padding >= 0")
         self.bias, self.init, self.input_grad = bool(bias), init, bool(input_grad)
+        self._core = None  # which core ran the last forward: "batched" or "framewise"
         cg = self.in_channels // self.groups
         volume = math.prod(self.kernel_size)
         dtype = np.dtype(dtype)
@@ -118,16 +124,36 @@ class _ConvND(Layer):
         _check_fits(self, input_shape, out, self.kernel_size)
         return out if self.ndim == 3 else out[:2] + out[3:]
 
+    def _batched(self, out_shape) -> bool:
+        """Batched core for 2D layers the banded core would run as plain im2col (tile width 1)."""
+        if self.ndim != 2:
+            return False
+        return self.stride[-1] != 1 or choose_tile(self.out_channels // self.groups, out_shape[-1],
+                                                   self.kernel_size[-1]) == 1
+
     def forward(self, x, training=False):
-        self.output_shape(x.shape)  # validates
-        self._cache = None  # free the previous batch's column matrix before building this one
+        out_shape = self.output_shape(x.shape)  # validates
+        self._cache = None  # free the previous batch's cache before building this one
+        if self._batched(out_shape):
+            out, cache = batched_conv_forward(x, self.params["W"], self.params.get("b"), self.stride,
+                                              self.padding, self.groups)
+            self._cache, self._core = cache, "batched"
+            return out
         stride, padding = self._frame_geometry(x.shape)[2:]
-        out, self._cache = conv_forward(self._as_frames(x), self._as_frames(self.params["W"]),
-                                        self.params.get("b"), stride, padding, self.groups)
+        out, cache = conv_forward(self._as_frames(x), self._as_frames(self.params["W"]),
+                                  self.params.get("b"), stride, padding, self.groups)
+        self._cache, self._core = cache, "framewise"
         return out if self.ndim == 3 else out[:, :, 0]
 
     def backward(self, dy):
-        dx, dW, db = conv_backward(self._as_frames(dy), self._cache, self.input_grad)
+        cache = self._cache
+        if self._core == "batched":
+            dx, dW, db = batched_conv_backward(dy, cache, self.input_grad)
+            self.grads["W"] = dW
+            if self.bias:
+                self.grads["b"] = db
+            return dx
+        dx, dW, db = conv_backward(self._as_frames(dy), cache, self.input_grad)
         self.grads["W"] = dW.reshape(self.params["W"].shape)
         if self.bias:
             self.grads["b"] = db

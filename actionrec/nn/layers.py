@@ -6,31 +6,17 @@ and returns the gradient for the input. One code path for numpy and CuPy (``xp``
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.init import _rng, initial_weights
-from actionrec.nn.parallel import elementwise, one_blas_thread
+from actionrec.nn.parallel import elementwise, matmul, over_batch
 
 
 def _dtype_name(dtype) -> str:
     return np.dtype(dtype).name
-
-
-# Products below this many multiply-adds run on one BLAS thread: splitting them gains little and
-# OpenBLAS's threads stall for tens of milliseconds when the cores are busy with other work.
-_SMALL_PRODUCT = 1 << 24
-
-
-def _blas_threads_for(x, W):
-    xp = get_array_module(x)
-    if x.shape[0] * W.size < _SMALL_PRODUCT:
-        return one_blas_thread(xp)
-    return contextlib.nullcontext()
 
 
 @register_layer
@@ -76,8 +62,7 @@ class Dense(Layer):
             raise ShapeError(f"{self.name}: Dense expects input (N, {self.in_features}), got {tuple(x.shape)}"
                              " (add a Flatten layer before it, or fix in_features)")
         self._x = x
-        with _blas_threads_for(x, self.params["W"]):
-            y = x @ self.params["W"].T
+        y = matmul(get_array_module(x), x, self.params["W"].T)
         if self.use_bias:
             y += self._effective_bias()
         return y
@@ -85,9 +70,9 @@ class Dense(Layer):
     def backward(self, dy):
         """dy (N, O) -> dx (N, F); fills grads "W" (O, F) and "b" (O,) or (O, G)."""
         x = self._x
-        with _blas_threads_for(x, self.params["W"]):
-            self.grads["W"] = dy.T @ x
-            dx = dy @ self.params["W"]
+        xp = get_array_module(dy)
+        self.grads["W"] = matmul(xp, dy.T, x)
+        dx = matmul(xp, dy, self.params["W"])
         if self.use_bias:
             db = dy.sum(axis=0)
             b = self.params["b"]
@@ -151,12 +136,21 @@ class ReLU(Layer):
 
     def forward(self, x, training: bool = False):
         """x (any shape) -> y = max(x, 0), same shape."""
-        self._positive = x > 0
-        return x * self._positive
+        xp = get_array_module(x)
+        positive, y = xp.empty(x.shape, dtype=bool), xp.empty_like(x)
+
+        def work(s, e):
+            xp.greater(x[s:e], 0, out=positive[s:e])
+            xp.multiply(x[s:e], positive[s:e], out=y[s:e])
+
+        over_batch(xp, work, x.shape[0], x.size)
+        self._positive = positive
+        return y
 
     def backward(self, dy):
         """dy (same shape) -> dx = dy where x > 0, else 0 (subgradient 0 at the kink)."""
-        return dy * self._positive
+        xp = get_array_module(dy)
+        return elementwise(xp, xp.multiply, xp.empty_like(dy), dy, self._positive)
 
 
 @register_layer

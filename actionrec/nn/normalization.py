@@ -7,6 +7,7 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
+from actionrec.nn.parallel import elementwise, over_batch
 
 
 @register_layer
@@ -44,18 +45,30 @@ class BatchNorm(Layer):
                              f"got {tuple(x.shape)}")
 
     def forward(self, x, training: bool = False):
-        """x (N, C, *S) -> y (N, C, *S); statistics per channel over the N * prod(S) values."""
+        """x (N, C, *S) -> y (N, C, *S); statistics per channel over the N * prod(S) values.
+
+        Keeps x (not x_hat) for backward: y = x * (W inv_std) + (b - mean W inv_std) is two passes, and
+        x_hat is rebuilt per block of items where it is needed, in the cache.
+        """
         self._check(x)
         xp = get_array_module(x)
         shape = (1, -1) + (1,) * (x.ndim - 2)  # broadcast a (C,) vector against x
         count = x.size // self.num_features
+        n = x.shape[0]
         if training:
             if count < 2:
                 raise ShapeError(f"{self.name}: BatchNorm in training needs more than one value per channel, "
                                  f"got input {tuple(x.shape)} (use a batch size > 1)")
-            mean = _channel_sum(x) / count
-            x_hat = x - mean.reshape(shape)
-            var = _channel_dot(x_hat, x_hat) / count
+            mean = sum(over_batch(xp, lambda s, e: _channel_sum(x[s:e]), n, x.size)) / count
+
+            def squares(s, e):  # the centred block lives in a small buffer only
+                total = 0
+                for a, z, centred in _blocks(s, e, x):
+                    xp.subtract(x[a:z], mean.reshape(shape), out=centred)
+                    total = total + _channel_dot(centred, centred)
+                return total
+
+            var = sum(over_batch(xp, squares, n, x.size)) / count
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - m
@@ -65,12 +78,18 @@ class BatchNorm(Layer):
         else:
             mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
             var = self.buffers["running_var"].astype(x.dtype, copy=False)
-            x_hat = x - mean.reshape(shape)
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        x_hat *= inv_std.reshape(shape)  # in place: the big arrays are x_hat and y only
-        self._cache = (x_hat, inv_std, count, shape, training)
-        y = x_hat * self.params["W"].reshape(shape)
-        y += self.params["b"].reshape(shape)
+        slope = (self.params["W"] * inv_std).astype(x.dtype, copy=False)
+        offset = (self.params["b"] - mean * slope).astype(x.dtype, copy=False)
+        y = xp.empty_like(x)
+
+        def normalise(s, e):
+            for a, z, _ in _blocks(s, e, x, buffer=False):
+                xp.multiply(x[a:z], slope.reshape(shape), out=y[a:z])
+                y[a:z] += offset.reshape(shape)
+
+        over_batch(xp, normalise, n, x.size)
+        self._cache = (x, mean, inv_std, count, shape, training)
         return y
 
     def backward(self, dy):
@@ -80,18 +99,54 @@ class BatchNorm(Layer):
         dx = W * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), means per channel; in evaluation
         they are constants and dx is a per-channel scaling of dy.
         """
-        x_hat, inv_std, count, shape, training = self._cache
-        db = _channel_sum(dy)
-        dW = _channel_dot(dy, x_hat)
+        xp = get_array_module(dy)
+        x, mean, inv_std, count, shape, training = self._cache
+        n = dy.shape[0]
+
+        def sums(s, e):  # sum(dy) and sum(dy * (x - mean)) per channel, the centred block in a buffer
+            db = dw = 0
+            for a, z, centred in _blocks(s, e, x):
+                db = db + _channel_sum(dy[a:z])
+                dw = dw + _channel_dot(dy[a:z], xp.subtract(x[a:z], mean.reshape(shape), out=centred))
+            return db, dw
+
+        parts = over_batch(xp, sums, n, dy.size)
+        db, dW = sum(p[0] for p in parts), sum(p[1] for p in parts) * inv_std  # dW = sum(dy * x_hat)
         self.grads["b"], self.grads["W"] = db, dW
-        scale = (self.params["W"] * inv_std).reshape(shape)
+        scale = self.params["W"] * inv_std
+        dx = xp.empty_like(dy)
         if not training:
-            return dy * scale
-        dx = x_hat * (-dW / count).reshape(shape)
-        dx += dy
-        dx -= (db / count).reshape(shape)
-        dx *= scale
+            return elementwise(xp, lambda a, out: xp.multiply(a, scale.reshape(shape), out=out), dx, dy)
+        # dx = scale * (dy - db / count - x_hat * dW / count), x_hat = (x - mean) * inv_std, as
+        # x * slope + dy * scale + offset with per-channel slope and offset: four passes per block
+        slope = (-scale * inv_std * dW / count).astype(dy.dtype, copy=False)
+        offset = (-scale * db / count - mean * slope).astype(dy.dtype, copy=False)
+
+        def combine(s, e):
+            for a, z, scaled in _blocks(s, e, x):
+                xp.multiply(x[a:z], slope.reshape(shape), out=dx[a:z])
+                dx[a:z] += offset.reshape(shape)
+                dx[a:z] += xp.multiply(dy[a:z], scale.reshape(shape), out=scaled)
+
+        over_batch(xp, combine, n, dy.size)
         return dx
+
+
+# Items per block of the element-wise passes: about this many elements (1 MB of float32), so the
+# passes after the first find the block in the cache.
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def _blocks(start: int, end: int, a, buffer: bool = True):
+    """[(a0, a1, scratch)] blocks of whole items of ``a`` covering start..end, each with a scratch array
+    of the block's shape (one buffer, reused; None when ``buffer`` is False)."""
+    xp = get_array_module(a)
+    per_item = max(1, a[:1].size)
+    step = max(1, min(end - start, _BLOCK_ELEMENTS // per_item))
+    scratch = xp.empty((step,) + a.shape[1:], dtype=a.dtype) if buffer else None
+    for s in range(start, end, step):
+        e = min(end, s + step)
+        yield s, e, None if scratch is None else scratch[:e - s]
 
 
 def _channel_sum(a):

@@ -17,6 +17,7 @@ from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.im2col import as_tuple, fold_add, output_size, window_view
 from actionrec.nn.init import initial_weights
+from actionrec.nn.parallel import map_chunks, over_batch
 
 _AXES = {2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
 
@@ -61,15 +62,74 @@ class _PoolND(Layer):
         return fold_add(window_grads, x_shape[2:], self.kernel_size, self.stride)
 
 
+def _split_axis(a, axis: int, kernel: int, stride: int):
+    """View of ``a`` with axis ``axis`` (size S) split into (windows, taps): (..., O, k, ...), window o
+    tap t reading a[..., o * stride + t, ...]. No copy: never write to the result."""
+    xp = get_array_module(a)
+    windows = output_size(a.shape[axis], kernel, stride)
+    shape = a.shape[:axis] + (windows, kernel) + a.shape[axis + 1:]
+    strides = a.strides[:axis] + (a.strides[axis] * stride, a.strides[axis]) + a.strides[axis + 1:]
+    return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+
+
+def _first_max_along(a, axis: int, kernel: int):
+    """Max over non-overlapping windows of ``kernel`` along ``axis`` of ``a`` and the tap of the first
+    maximum (uint8; strictly greater wins, so ties keep the earliest tap)."""
+    xp = get_array_module(a)
+    view = _split_axis(a, axis, kernel, kernel)
+    tap = [slice(None)] * view.ndim
+
+    def at(t):
+        tap[axis + 1] = t
+        return view[tuple(tap)]
+
+    best = at(0).copy()
+    winner = xp.zeros(best.shape, dtype=xp.uint8)
+    for t in range(1, kernel):
+        greater = at(t) > best
+        xp.maximum(best, at(t), out=best)
+        if t == 1:
+            winner = greater.view(xp.uint8)
+        else:  # winner += greater * (t - winner), exact in uint8 arithmetic (wraps mod 256)
+            step = xp.subtract(t, winner, dtype=xp.uint8)
+            step *= greater
+            winner += step
+    return best, winner
+
+
 class _MaxPoolND(_PoolND):
-    """Max over each window, tap by tap: one strided ``maximum`` per kernel tap (no copy of the windows),
-    keeping the index of the first maximal tap (ties send the gradient to one element, as torch)."""
+    """Max over each window, keeping the index of the first maximal tap in row-major order (ties send
+    the gradient to one element, as torch).
+
+    Non-overlapping windows (stride = kernel, the usual 2x2 pooling) reduce one axis at a time, last
+    axis first: the first maximum of every row, then the first row holding the overall maximum, which
+    is the first maximum in row-major order. Each step runs over long runs of memory (the 2x2 pool of
+    MNIST's first stage: ~4x faster than tap by tap). Overlapping windows go tap by tap: one strided
+    ``maximum`` per kernel tap (no copy of the windows).
+    """
 
     def _taps(self):
         return list(itertools.product(*(range(k) for k in self.kernel_size)))
 
+    def _separable(self):
+        return self.stride == self.kernel_size and max(self.kernel_size) < 256
+
     def forward(self, x, training=False):
+        out_shape = self.output_shape(x.shape)  # validates
         xp = get_array_module(x)
+        if self._separable():  # chunks of the batch on every core
+            y = xp.empty(out_shape, dtype=x.dtype)
+
+            def work(s, e):
+                winners, a = [], x[s:e]
+                for axis in range(x.ndim - 1, 1, -1):  # last spatial axis first
+                    a, winner = _first_max_along(a, axis, self.kernel_size[axis - 2])
+                    winners.append(winner)
+                y[s:e] = a
+                return s, e, winners[::-1]
+
+            self._cache = ("separable", over_batch(xp, work, x.shape[0], x.size), x.shape)
+            return y
         windows = self._windows(x)  # (N, C, *S', *kernel) view
         taps = self._taps()
         y = windows[(Ellipsis,) + taps[0]].copy()
@@ -78,17 +138,37 @@ class _MaxPoolND(_PoolND):
             values = windows[(Ellipsis,) + tap]
             xp.copyto(winner, index, where=values > y)  # strictly greater: the first maximum wins
             xp.maximum(y, values, out=y)
-        self._cache = (winner, x.shape)
+        self._cache = ("taps", winner, x.shape)
         return y
 
     def backward(self, dy):
         xp = get_array_module(dy)
-        winner, x_shape = self._cache
+        kind, winner, x_shape = self._cache  # separable: (start, end, one array per axis step) per chunk
+        if kind == "separable":
+            dx = (xp.empty if x_shape[-1] % self.kernel_size[-1] == 0 else xp.zeros)(x_shape, dtype=dy.dtype)
+
+            def work(s, e, winners):  # undo the axis steps, first spatial axis first
+                grad = dy[s:e]
+                for axis, won in enumerate(winners, 2):
+                    k = self.kernel_size[axis - 2]
+                    shape = (e - s,) + x_shape[1:axis + 1] + grad.shape[axis + 1:]
+                    if axis == len(x_shape) - 1:
+                        spread = dx[s:e]
+                    else:
+                        full = grad.shape[axis] * k == shape[axis]
+                        spread = (xp.empty if full else xp.zeros)(shape, dtype=dy.dtype)
+                    view = _split_axis(spread, axis, k, k)
+                    for t in range(k):
+                        xp.multiply(grad, won == t, out=view[(slice(None),) * (axis + 1) + (t,)])
+                    grad = spread
+
+            map_chunks(xp, work, winner)
+            return dx
         dx = xp.zeros(x_shape, dtype=dy.dtype)
         out = dy.shape[2:]
         for index, tap in enumerate(self._taps()):
             target = tuple(slice(t, t + st * (o - 1) + 1, st) for t, st, o in zip(tap, self.stride, out))
-            dx[(Ellipsis,) + target] += xp.where(winner == index, dy, 0)
+            dx[(Ellipsis,) + target] += dy * (winner == index)
         return dx
 
 
