@@ -188,3 +188,15 @@ def test_baseline_command_errors(tmp_path, capsys):
     assert "download the binary version cifar-10-binary.tar.gz" in capsys.readouterr().err
     assert main(["baseline", "mnist"]) == 2
     assert "give --data DIR" in capsys.readouterr().err
+
+
+def test_command_line_overrides_the_dataset_defaults():
+    from actionrec.cli import build_parser
+    from actionrec.cli.baseline import DEFAULTS, settings_for
+
+    parse = build_parser().parse_args
+    assert settings_for(parse(["baseline", "cifar10"])) == DEFAULTS["cifar10"]
+    s = settings_for(parse(["baseline", "mnist", "--epochs", "6", "--crop-padding", "2", "--flip",
+                            "--weight-decay", "1e-4"]))
+    assert (s["epochs"], s["crop_padding"], s["flip"], s["weight_decay"]) == (6, 2, True, 1e-4)
+    assert settings_for(parse(["baseline", "cifar10", "--no-flip"]))["flip"] is False
