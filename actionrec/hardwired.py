@@ -39,6 +39,22 @@ def segments(frames: int) -> tuple[int, int, int, int, int]:
     return (frames, frames, frames, frames - 1, frames - 1)
 
 
+def frames_of_maps(maps: int) -> int:
+    """f from the 5f-2 maps of a cube; ShapeError when ``maps`` is not of that form."""
+    from actionrec.errors import ShapeError
+
+    if maps < 8 or (maps + 2) % 5:
+        raise ShapeError(f"{maps} maps is not a hardwired cube (5f-2 maps for f >= 2 frames)")
+    return (maps + 2) // 5
+
+
+def horizontal_maps(frames: int) -> np.ndarray:
+    """Indices of the grad_x and flow_x maps among the 5f-2: the maps a left-right mirror negates."""
+    starts = np.concatenate([[0], np.cumsum(segments(frames))])
+    return np.concatenate([np.arange(starts[i], starts[i + 1]) for i in (CHANNELS.index("grad_x"),
+                                                                        CHANNELS.index("flow_x"))])
+
+
 def farneback_flow(frames: np.ndarray, params=None) -> np.ndarray:
     """Optical flow between adjacent frames.
 

@@ -3,10 +3,12 @@
 Clips follow the KTH layout and naming (``<out>/<action>/personXX_<action>_dY_uncomp.avi``, 160x120 grey,
 25 fps, written with OpenCV). Every class uses the same distribution of figure sizes, clothing
 brightness, positions and backgrounds; classes differ in how the limbs and the body move:
-walking < jogging < running in speed, stride frequency and leg amplitude, all translating across the
-frame; boxing (alternate punches), handclapping (hands meet in front of the chest) and handwaving
+walking < jogging < running in speed, stride frequency and leg amplitude, all crossing the frame and
+turning round at its edges; boxing (alternate punches), handclapping (hands meet in front of the chest) and handwaving
 (raised arms swinging) stand still. Scenarios: d1 outdoor, d2 camera zoom changes, d3 different
-clothing (wider coat, other brightness), d4 indoor lighting. Seeded and deterministic.
+clothing (wider coat, other brightness), d4 indoor lighting; as in KTH, a person's six actions of one
+scenario share one background. Figures are framed and drawn (limbs 0.1 body height thick) so the motion
+survives the 4x downsampling of ``actionrec demo``. Seeded and deterministic.
 """
 
 from __future__ import annotations
@@ -60,11 +62,10 @@ def _pose(action, t, person, phase):
                 ext = 0.5 + 0.5 * math.sin(w + side * math.pi)
                 e = _limb(shoulder, 60 + 30 * ext, 0.18)
                 hand = _limb(e, 150 - 60 * ext, 0.16)
-            elif action == "handclapping":  # both forearms swing in and meet in front of the chest
+            elif action == "handclapping":  # forearms raised, hands swing apart and meet in front of the chest
                 op = 0.5 + 0.5 * math.sin(w)
-                e = _limb(shoulder, sx * (25 + 10 * op), 0.18)
-                hand = _limb(e, -sx * (60 - 55 * op) + sx * 10, 0.16)
-                hand = (hand[0] * (0.3 + 0.7 * op), hand[1])
+                e = _limb(shoulder, sx * 30, 0.16)
+                hand = (sx * (0.02 + 0.22 * op), -0.24)
             else:  # handwaving: raised arms swing sideways above the head
                 sw = math.sin(w + side * 0.3)
                 e = _limb(shoulder, sx * (110 + 20 * sw), 0.18)
@@ -72,6 +73,15 @@ def _pose(action, t, person, phase):
             arms.append([shoulder, e, hand])
             legs.append([hip, _limb(hip, sx * 6, 0.26), _limb(_limb(hip, sx * 6, 0.26), sx * 4, 0.26)])
     return head, [neck, hip], arms, legs
+
+
+def _back_and_forth(start, distance, lo, hi):
+    """Position and heading (+1 right, -1 left) after walking ``distance`` (signed) from ``start`` in the
+    lane lo..hi, turning round at its ends as the KTH persons do at the edges of the picture."""
+    length = hi - lo
+    s = (start - lo + distance) % (2 * length)
+    heading = 1.0 if distance >= 0 else -1.0
+    return (lo + s, heading) if s < length else (lo + 2 * length - s, -heading)
 
 
 def _background(rng, indoor):
@@ -89,26 +99,27 @@ def _background(rng, indoor):
     return bg
 
 
-def _render(action, scenario, person, rng, n_frames):
+def _render(action, scenario, person, bg, rng, n_frames):
     import cv2
 
-    bg = _background(rng, indoor=scenario == 4)
     body_h = 62.0 * person["size"]
     shirt, trousers = person["shirt"], person["trousers"]
     coat = scenario == 3
     if coat:
         shirt, trousers = 255 - shirt, 255 - trousers
-    x_ground = HEIGHT * 0.62 + rng.uniform(-6, 6)
+    # feet low in the frame so the whole figure, raised arms included, stays in the picture
+    x_ground = HEIGHT * 0.85 + rng.uniform(-4, 4)
     phase = rng.uniform(0, 2 * math.pi)
     direction = rng.choice([-1.0, 1.0])
     x0 = rng.uniform(0.2, 0.8) * WIDTH
-    margin = body_h * 0.6
+    lane = (0.3 * body_h, WIDTH - 0.3 * body_h)
     frames = []
     for i in range(n_frames):
         t = i / FPS
+        facing = direction
         if action in _GAITS:
             travel = _GAITS[action][0] * person["speed"] * body_h * t
-            x = (x0 + direction * travel + margin) % (WIDTH + 2 * margin) - margin
+            x, facing = _back_and_forth(x0, direction * travel, *lane)
             bob = 0.02 * math.sin(4 * math.pi * _GAITS[action][1] * person["speed"] * t + 2 * phase)
         else:
             x, bob = x0 + 1.5 * math.sin(0.7 * t + phase), 0.0
@@ -116,10 +127,10 @@ def _render(action, scenario, person, rng, n_frames):
         img = bg.copy()
 
         def px(p):
-            mirror = direction if action in _GAITS or action == "boxing" else 1.0
+            mirror = facing if action in _GAITS or action == "boxing" else 1.0
             return (int(round(x + mirror * p[0] * body_h)), int(round(x_ground - 0.52 * body_h + (p[1] + bob) * body_h)))
 
-        lw = max(2, int(round(0.07 * body_h)))
+        lw = max(2, int(round(0.1 * body_h)))  # limbs stay over a pixel wide at the demo's 40x30
         for leg in legs:
             cv2.polylines(img, [np.array([px(p) for p in leg], np.int32)], False, float(trousers), lw + 1, cv2.LINE_AA)
         cv2.line(img, px(torso[0]), px(torso[1]), float(shirt), int(lw * (2.6 if coat else 2.0)), cv2.LINE_AA)
@@ -187,7 +198,10 @@ def make_synthetic_kth(out_dir, persons=range(1, 10), scenarios=(1, 3), actions=
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"person{p:02d}_{action}_d{s}_uncomp.avi"
         rng = np.random.default_rng([seed, p, ACTIONS.index(action), s])
-        frames = _render(action, s, _person(seed, p), rng, n_frames)
+        # As in KTH, one person films all six actions of a scenario in the same place: a background
+        # per clip would let a net recognise the training clips by their backdrop instead of the motion.
+        scene = _background(np.random.default_rng([seed, p, s, 4099]), indoor=s == 4)
+        frames = _render(action, s, _person(seed, p), scene, rng, n_frames)
         tmp = path.with_name(path.stem + ".tmp.avi")
         w = _writer(tmp)
         for fr in frames:

@@ -334,10 +334,8 @@ def reseed_randomness(model, source, seed: int, epoch: int):
     """Give every random layer (dropout) and the source's augmentation a generator seeded by (seed, epoch),
     so an epoch's masks do not depend on how many epochs ran in this process."""
     for i, layer in enumerate(model.layers):
-        if hasattr(layer, "seed") and hasattr(layer, "_generator"):
-            # Dropout draws from xp.random.default_rng(layer.seed), created lazily when _generator is None.
-            layer.seed = int(np.random.default_rng([int(seed), int(epoch), 1000 + i]).integers(2**31 - 1))
-            layer._generator = None
+        if hasattr(layer, "reseed"):
+            layer.reseed(int(np.random.default_rng([int(seed), int(epoch), 1000 + i]).integers(2**31 - 1)))
     if hasattr(source, "set_epoch"):
         source.set_epoch(seed, epoch)
 
@@ -384,11 +382,13 @@ def _json_safe(value):
 def run_training(data, *, model_name: str, out, model_options=None, split: str = "official", trial: int = 0,
                  persons=None, epochs: int = 20, batch_size: int = 32, optimizer=None, schedule=None,
                  patience: int = 5, balance: bool = False, seed: int = 0, device=None, resume: bool = False,
-                 restart: bool = False, prefetch: bool = True, progress: bool = True, stream=None) -> dict:
+                 restart: bool = False, prefetch: bool = True, progress: bool = True, stream=None,
+                 augment=None) -> dict:
     """Train ``model_name`` on the HDF5 cube dataset ``data``; the wiring behind ``actionrec train``.
 
     Files: ``out`` (best model), ``<out stem>.ckpt.h5`` (checkpoint), ``<out stem>.history.csv|json``
     and ``<out stem>.curves.png`` next to it. An existing checkpoint is resumed unless ``restart``.
+    ``augment``: optional ``augment(x, rng) -> x`` for training batches (``actionrec.augment.CubeAugment``).
     """
     from actionrec.backend import resolve_device
     from actionrec.datasets.cubes import CubeDataset
@@ -418,7 +418,7 @@ def run_training(data, *, model_name: str, out, model_options=None, split: str =
                 f"{tuple(ds.input_shape)}: preprocess with the model's frame count and size, or pick a model "
                 "that fits (actionrec models)")
         classes = list(ds.classes)
-        train = CubeSource(ds, ds.select("train", split=split, trial=trial, persons=persons))
+        train = CubeSource(ds, ds.select("train", split=split, trial=trial, persons=persons), augment=augment)
         validation = CubeSource(ds, ds.select("validation", split=split, trial=trial, persons=persons))
         model = build_model(model_name, len(classes), seed=seed, **options)
         metadata = {
@@ -426,6 +426,7 @@ def run_training(data, *, model_name: str, out, model_options=None, split: str =
             "input_shape": list(ds.input_shape), "preprocessing": ds.preprocessing,
             "split": {"scheme": split, "trial": int(trial), "persons": persons}, "data": str(data),
             "seed": int(seed), "optimizer": type(optimizer).__name__,
+            "augment": augment.config() if hasattr(augment, "config") else None,
         }
         weights = balanced_class_weights(train.labels, len(classes)) if balance else None
         trainer = Trainer(model, optimizer, schedule, epochs=epochs, batch_size=batch_size, seed=seed,

@@ -77,3 +77,81 @@ def test_rejects_non_batch_and_bad_padding():
         random_crop(np.zeros((3, 32, 32)), 4, np.random.default_rng(0))
     with pytest.raises(ValueError, match="crop_padding"):
         Augment(crop_padding=-1)
+
+
+# --- hardwired-channel cubes -------------------------------------------------------------------------
+def _cubes(n, frames, h=6, w=9, seed=5):
+    return np.random.default_rng(seed).standard_normal((n, 1, 5 * frames - 2, h, w)).astype(np.float32)
+
+
+def test_horizontal_maps_are_grad_x_and_flow_x():
+    from actionrec.hardwired import frames_of_maps, horizontal_maps
+
+    # f = 3: gray 0-2, grad_x 3-5, grad_y 6-8, flow_x 9-10, flow_y 11-12
+    np.testing.assert_array_equal(horizontal_maps(3), [3, 4, 5, 9, 10])
+    assert frames_of_maps(13) == 3 and frames_of_maps(33) == 7
+    for bad in (12, 3):
+        with pytest.raises(ShapeError, match="5f-2"):
+            frames_of_maps(bad)
+
+
+@pytest.mark.parametrize("frames", [2, 3, 7])
+def test_cube_flip_mirrors_every_map_and_negates_horizontal_ones(frames):
+    from actionrec.augment import CubeAugment
+    from actionrec.hardwired import horizontal_maps
+
+    x = _cubes(40, frames)
+    out = CubeAugment(shift=0, flip=True)(x, np.random.default_rng(3))
+    flips = np.random.default_rng(3).random(40) < 0.5
+    assert 0 < flips.sum() < 40 and out.shape == x.shape and out.dtype == x.dtype
+    sign = np.ones(5 * frames - 2, np.float32)
+    sign[horizontal_maps(frames)] = -1
+    np.testing.assert_array_equal(out[flips], x[flips][..., ::-1] * sign[:, None, None])
+    np.testing.assert_array_equal(out[~flips], x[~flips])
+
+
+def test_cube_flip_agrees_with_the_hardwired_channels_of_a_mirrored_clip():
+    """Mirroring the frames and recomputing H1 gives the flipped cube (up to flow estimation noise)."""
+    import cv2
+
+    from actionrec.augment import CubeAugment
+    from actionrec.hardwired import hardwired_channels
+
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, (40, 60)).astype(np.float32), (0, 0), 2.0)
+    frames = np.stack([np.roll(scene, 2 * t, axis=1) for t in range(3)]).clip(0, 255).astype(np.uint8)
+    frames = frames[:, 4:-4, 8:-8]  # a pattern moving right by 2 px per frame
+    direct = hardwired_channels(frames)[None, None]
+    mirrored = hardwired_channels(frames[..., ::-1].copy())[None, None]
+    flipped = CubeAugment(shift=0)(direct, np.random.default_rng(2))  # generator 2 flips its first cube
+    assert np.random.default_rng(2).random(1)[0] < 0.5
+    inner = np.s_[..., 8:-8, 8:-8]  # away from the borders, where Farneback and np.gradient differ
+    np.testing.assert_allclose(flipped[:, :, :9][inner], mirrored[:, :, :9][inner], atol=1e-5)  # gray, grads
+    assert np.mean(flipped[:, :, 9:11][inner]) < -0.5  # flow_x was +2 px (x0.5): now leftwards
+    np.testing.assert_allclose(flipped[:, :, 9:][inner], mirrored[:, :, 9:][inner], atol=0.25)
+
+
+def test_cube_shift_moves_all_maps_of_a_cube_together():
+    from actionrec.augment import CubeAugment
+
+    x = _cubes(30, 3)
+    out = CubeAugment(shift=2, flip=False)(x, np.random.default_rng(8))
+    replay = np.random.default_rng(8)
+    top, left = replay.integers(0, 5, size=30), replay.integers(0, 5, size=30)
+    ref = _loop_crop(x[:, 0], 2, top, left)[:, None]
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_cube_augment_deterministic_and_validated():
+    from actionrec.augment import CubeAugment
+
+    x = _cubes(8, 3)
+    aug = CubeAugment(shift=1)
+    np.testing.assert_array_equal(aug(x, np.random.default_rng(2)), aug(x, np.random.default_rng(2)))
+    assert aug.config() == {"shift": 1, "flip": True}
+    with pytest.raises(ShapeError, match=r"\(N, 1, 5f-2, H, W\)"):
+        aug(x[:, 0], np.random.default_rng(0))
+    with pytest.raises(ShapeError, match="5f-2"):
+        aug(np.zeros((2, 1, 12, 4, 4), np.float32), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="shift"):
+        CubeAugment(shift=-1)

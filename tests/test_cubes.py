@@ -35,6 +35,24 @@ def test_official_split_select(synth_h5):
         assert d.read_cubes(d.select("test")[:3]).shape == (3, 1, 43, 40, 60)
 
 
+def test_cube_source_augments_reproducibly_per_epoch(synth_h5):
+    from actionrec.augment import CubeAugment
+    from actionrec.datasets.sources import CubeSource
+
+    with CubeDataset(synth_h5) as d:
+        idx = d.select("train")
+        plain = CubeSource(d, idx).batch([0, 1, 2])[0]
+        source = CubeSource(d, idx, augment=CubeAugment(shift=2))
+        source.set_epoch(0, 1)
+        a, y = source.batch([0, 1, 2])
+        source.set_epoch(0, 1)
+        np.testing.assert_array_equal(source.batch([0, 1, 2])[0], a)
+        source.set_epoch(0, 2)
+        assert not np.array_equal(source.batch([0, 1, 2])[0], a)
+        assert a.shape == plain.shape and a.dtype == np.float32 and not np.array_equal(a, plain)
+        np.testing.assert_array_equal(y, d.cube_label[idx[:3]])
+
+
 def test_ji_and_explicit_split(synth_h5):
     with CubeDataset(synth_h5) as d:
         parts = d.split_persons("ji", trial=2)

@@ -14,14 +14,18 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path, capsys):
         assert step in out, step
     for name in ("cubes.h5", "ji-small.h5", "ji-small.ckpt.h5", "ji-small.curves.png", "confusion.png"):
         assert (tmp_path / "d" / name).exists(), name
+    from actionrec.evaluation import load_model_file
+
+    # the demo trains on shifted and mirrored cubes, and says so in the model file
+    assert load_model_file(tmp_path / "d" / "ji-small.h5").metadata["augment"] == {"shift": 2, "flip": True}
 
 
 @pytest.mark.slow
-def test_full_demo_learns_above_chance(tmp_path):
+def test_full_demo_learns_well_above_chance(tmp_path):
     from actionrec.demo import run_demo
 
     result = run_demo(tmp_path / "demo")
-    # Measured: cube 0.298, video 0.333 against chance 0.167 (seed 0). The issue asks for "well above
-    # chance"; this bar only guards against regressions until the demo data/net are tuned further.
-    assert result["accuracy"] >= 1.5 * result["chance"]
-    assert result["video_accuracy"] >= 1.5 * result["chance"]
+    # Measured (docs/results.md), seeds 0-2: cube 0.54-0.63, video 0.63-0.69 on 4 unseen persons, chance
+    # 0.167. The bars leave room for seed-to-seed spread and guard against sliding back to chance.
+    assert result["accuracy"] >= 2.5 * result["chance"]
+    assert result["video_accuracy"] >= 3 * result["chance"]

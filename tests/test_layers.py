@@ -106,6 +106,18 @@ def test_dropout_statistics_and_identity():
     np.testing.assert_array_equal(layer.backward(x), x)
 
 
+def test_dropout_reseed_restarts_the_mask_sequence():
+    x = np.ones((4, 50))
+    layer = Dropout(0.5, seed=7)
+    first = layer.forward(x, training=True)
+    layer.forward(x, training=True)
+    layer.reseed(7)
+    np.testing.assert_array_equal(layer.forward(x, training=True), first)
+    layer.reseed(8)
+    assert layer.config()["seed"] == 8
+    np.testing.assert_array_equal(layer.forward(x, training=True), Dropout(0.5, seed=8).forward(x, training=True))
+
+
 def test_dropout_seeded_and_fresh_masks():
     x = np.ones((4, 50))
     a, b = Dropout(0.5, seed=7), Dropout(0.5, seed=7)

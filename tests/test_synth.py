@@ -98,3 +98,32 @@ def test_classes_separable_by_motion_not_by_one_frame(tmp_path):
 
     assert accuracy(motion) > 0.5  # chance is 1/6
     assert accuracy(still) < 0.3
+
+
+def test_one_background_per_person_and_scenario(clips):
+    """As in KTH, a person's actions of one scenario share the place: the rows above the figure match
+    between two actions of one person, and differ between persons."""
+    out, _ = clips
+
+    def top(person, action):
+        return read_gray_frames(out / action / f"person{person:02d}_{action}_d1_uncomp.avi", (160, 120))[0, :6]
+
+    same = np.abs(top(1, "boxing").astype(float) - top(1, "walking")).mean()
+    other = np.abs(top(1, "boxing").astype(float) - top(2, "boxing")).mean()
+    assert same < 5 < other
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_walkers_turn_round_inside_the_lane(direction):
+    from actionrec.synth import _back_and_forth
+
+    lo, hi = 10.0, 150.0
+    steps = [_back_and_forth(80.0, direction * d, lo, hi) for d in np.arange(0.0, 600.0, 1.0)]
+    xs = np.array([x for x, _ in steps])
+    headings = np.array([h for _, h in steps])
+    assert xs.min() >= lo and xs.max() <= hi
+    assert set(headings) == {1.0, -1.0}
+    # the heading is the direction the position actually moves in
+    moves = np.sign(np.diff(xs))
+    agree = moves == headings[1:]
+    assert agree.mean() > 0.98  # all but the steps across a turn

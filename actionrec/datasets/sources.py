@@ -1,7 +1,7 @@
 """Data sources for ``Trainer``: anything with ``__len__``, ``labels`` and ``batch(positions)``.
 
 ``CubeSource`` reads mini-batches of cubes from an HDF5 cube dataset on demand (the file is never loaded
-whole); ``ArraySource`` serves in-memory arrays (MNIST, CIFAR) with optional augmentation.
+whole); ``ArraySource`` serves in-memory arrays (MNIST, CIFAR). Both take an optional augmentation.
 ``iterate_batches`` walks a source in a given order, reading the next batch in a background thread
 while the caller computes on the current one.
 """
@@ -16,14 +16,31 @@ import numpy as np
 from actionrec.errors import DataError
 
 
-class CubeSource:
+class _Augmented:
+    """``augment(x_batch, rng) -> x_batch`` (optional) applied to every batch; its generator is reseeded
+    from (seed, epoch) by ``set_epoch`` (the Trainer calls it) so resumed runs see the same augmentations."""
+
+    def _init_augment(self, augment, seed):
+        self.augment = augment
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def set_epoch(self, seed, epoch):
+        self._rng = np.random.default_rng([int(seed), int(epoch), 7])
+
+    def _augmented(self, x):
+        return self.augment(x, self._rng) if self.augment is not None else x
+
+
+class CubeSource(_Augmented):
     """The cubes ``indices`` of a ``CubeDataset`` as a data source.
 
     ``labels`` (n,) int, ``videos`` (n,) int (the video each cube comes from), ``classes``,
-    ``input_shape`` (1, 5f-2, H, W). ``batch(positions)`` -> (x float32 (b, 1, 5f-2, H, W), y int (b,)).
+    ``input_shape`` (1, 5f-2, H, W). ``batch(positions)`` -> (x float32 (b, 1, 5f-2, H, W), y int (b,)),
+    augmented by ``augment`` (e.g. ``actionrec.augment.CubeAugment``) when given: training sources only.
     """
 
-    def __init__(self, dataset, indices):
+    def __init__(self, dataset, indices, augment=None, seed=0):
         self.dataset = dataset
         self.indices = np.asarray(indices, dtype=np.int64)
         if self.indices.ndim != 1:
@@ -32,6 +49,7 @@ class CubeSource:
         self.videos = np.asarray(dataset.cube_video, dtype=np.int64)[self.indices]
         self.classes = list(dataset.classes)
         self.input_shape = tuple(dataset.input_shape)
+        self._init_augment(augment, seed)
 
     @classmethod
     def from_split(cls, dataset, part, split="official", trial=0, persons=None):
@@ -48,40 +66,28 @@ class CubeSource:
         x_sorted = self.dataset.read_cubes(wanted[order])
         x = np.empty_like(x_sorted)
         x[order] = x_sorted
-        return x.astype(np.float32, copy=False), self.labels[positions]
+        return self._augmented(x.astype(np.float32, copy=False)), self.labels[positions]
 
 
-class ArraySource:
-    """In-memory samples ``x`` (n, ...) with labels ``y`` (n,).
-
-    ``augment(x_batch, rng) -> x_batch`` (optional) is applied to training batches; its generator is
-    reseeded from (seed, epoch) by ``set_epoch`` so resumed runs see the same augmentations.
-    """
+class ArraySource(_Augmented):
+    """In-memory samples ``x`` (n, ...) with labels ``y`` (n,), augmented by ``augment`` when given."""
 
     def __init__(self, x, y, augment=None, classes=None, seed=0):
         self.x = np.asarray(x)
         self.labels = np.asarray(y, dtype=np.int64)
         if len(self.x) != len(self.labels):
             raise DataError(f"{len(self.x)} samples but {len(self.labels)} labels")
-        self.augment = augment
         n_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
         self.classes = list(classes) if classes is not None else [str(c) for c in range(n_classes)]
         self.input_shape = tuple(self.x.shape[1:])
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self._init_augment(augment, seed)
 
     def __len__(self):
         return len(self.labels)
 
-    def set_epoch(self, seed, epoch):
-        self._rng = np.random.default_rng([int(seed), int(epoch), 7])
-
     def batch(self, positions):
         positions = np.asarray(positions, dtype=np.int64)
-        x = self.x[positions].astype(np.float32, copy=False)
-        if self.augment is not None:
-            x = self.augment(x, self._rng)
-        return x, self.labels[positions]
+        return self._augmented(self.x[positions].astype(np.float32, copy=False)), self.labels[positions]
 
 
 def iterate_batches(source, order, batch_size: int, prefetch: bool = True):

@@ -181,6 +181,11 @@ class Dropout(Layer):
     def config(self) -> dict:
         return {"p": self.p, "seed": self.seed, "name": self.name}
 
+    def reseed(self, seed: int):
+        """Restart the mask generator from ``seed`` (the Trainer does this every epoch)."""
+        self.seed = int(seed)
+        self._generator = None
+
     def _draw(self, xp, shape, dtype):
         if self._generator is None or self._generator_xp is not xp:
             self._generator = xp.random.default_rng(self.seed)
