@@ -40,7 +40,11 @@ def load_model_file(path):
 
 
 def check_compatible(model, model_path, dataset, data_path):
-    """Raise a one-line error when the dataset's cubes or classes do not fit the model."""
+    """Raise a one-line error when the dataset's cubes or classes do not fit the model.
+
+    Returns the class subset to evaluate on: None when the model knows exactly the dataset's classes,
+    else the model's class names (it was trained with ``--classes``), all of which the dataset must hold.
+    """
     meta = model.metadata
     shape = meta.get("input_shape")
     if shape is not None and tuple(shape) != tuple(dataset.input_shape):
@@ -48,9 +52,13 @@ def check_compatible(model, model_path, dataset, data_path):
             f"model {model_path} expects inputs of shape {tuple(shape)} but {data_path} holds cubes of shape "
             f"{tuple(dataset.input_shape)}: preprocess the data with the model's settings")
     classes = meta.get("classes")
-    if classes is not None and list(classes) != list(dataset.classes):
+    if classes is None or list(classes) == list(dataset.classes):
+        return None
+    missing = [c for c in classes if c not in dataset.classes]
+    if missing:
         raise ActionrecError(f"model {model_path} was trained on classes {list(classes)} but {data_path} "
-                             f"has {list(dataset.classes)}")
+                             f"has {list(dataset.classes)} (no {', '.join(missing)})")
+    return list(classes)
 
 
 def top_k_accuracy(probs, labels, k: int) -> float:

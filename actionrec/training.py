@@ -290,7 +290,7 @@ class Trainer:
         except (OSError, KeyError) as exc:
             raise ActionrecError(f"cannot resume from {self.checkpoint}: not a training checkpoint ({exc})") from None
         saved_meta = json.loads(_as_str(state["metadata_json"]))
-        for key in ("model", "model_options"):
+        for key in ("model", "model_options", "classes"):
             if key in self.metadata and saved_meta.get(key) != _json_safe(self.metadata.get(key)):
                 raise ActionrecError(
                     f"checkpoint {self.checkpoint} was written for {key} {saved_meta.get(key)!r}, not "
@@ -379,16 +379,22 @@ def _json_safe(value):
     return value
 
 
+def train_persons(ds, select) -> str:
+    persons = ds.split_persons(select["split"], select["trial"], select["persons"])["train"]
+    return ", ".join(map(str, persons)) or "none present"
+
+
 def run_training(data, *, model_name: str, out, model_options=None, split: str = "official", trial: int = 0,
                  persons=None, epochs: int = 20, batch_size: int = 32, optimizer=None, schedule=None,
                  patience: int = 5, balance: bool = False, seed: int = 0, device=None, resume: bool = False,
                  restart: bool = False, prefetch: bool = True, progress: bool = True, stream=None,
-                 augment=None) -> dict:
+                 augment=None, classes=None) -> dict:
     """Train ``model_name`` on the HDF5 cube dataset ``data``; the wiring behind ``actionrec train``.
 
     Files: ``out`` (best model), ``<out stem>.ckpt.h5`` (checkpoint), ``<out stem>.history.csv|json``
     and ``<out stem>.curves.png`` next to it. An existing checkpoint is resumed unless ``restart``.
     ``augment``: optional ``augment(x, rng) -> x`` for training batches (``actionrec.augment.CubeAugment``).
+    ``classes``: train on these class names only (e.g. ``["walking", "running"]``); default all of them.
     """
     from actionrec.backend import resolve_device
     from actionrec.datasets.cubes import CubeDataset
@@ -417,9 +423,14 @@ def run_training(data, *, model_name: str, out, model_options=None, split: str =
                 f"{model_name} expects cubes of shape {tuple(spec.input_shape)} (C, T, H, W) but {data} holds "
                 f"{tuple(ds.input_shape)}: preprocess with the model's frame count and size, or pick a model "
                 "that fits (actionrec models)")
-        classes = list(ds.classes)
-        train = CubeSource(ds, ds.select("train", split=split, trial=trial, persons=persons), augment=augment)
-        validation = CubeSource(ds, ds.select("validation", split=split, trial=trial, persons=persons))
+        subset = list(classes) if classes else None
+        classes = subset or list(ds.classes)
+        select = dict(split=split, trial=trial, persons=persons, classes=subset)
+        train = CubeSource(ds, ds.select("train", **select), augment=augment, classes=subset)
+        validation = CubeSource(ds, ds.select("validation", **select), classes=subset)
+        if len(train) == 0:
+            raise ActionrecError(f"{data}: the training part has no cubes (persons {train_persons(ds, select)}"
+                                 f", classes {', '.join(classes)}): check the split and class options")
         model = build_model(model_name, len(classes), seed=seed, **options)
         metadata = {
             "format": "actionrec-model", "model": model_name, "model_options": options, "classes": classes,

@@ -24,3 +24,13 @@ def number_list(text: str) -> list[int]:
     if not numbers:
         raise argparse.ArgumentTypeError(f"{text!r} names no numbers (write e.g. 1,3,11-14)")
     return numbers
+
+
+def class_list(text: str) -> list[str]:
+    """``"walking,running"`` -> ["walking", "running"]: class names separated by commas or spaces, in order."""
+    names = str(text).replace(",", " ").split()
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: name at least two classes, e.g. walking,running")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a class twice")
+    return names

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from actionrec.cli.arguments import number_list
+from actionrec.cli.arguments import class_list, number_list
 from actionrec.errors import ActionrecError
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -47,6 +47,8 @@ def register(subparsers):
                    help="early stopping: epochs without a lower validation loss (0: off; default 5)")
     p.add_argument("--balance", action="store_true",
                    help="weight the loss by inverse class frequency (every class counts the same)")
+    p.add_argument("--classes", type=class_list, default=None, metavar="NAMES",
+                   help="train on these classes only, e.g. walking,running (default: all of the dataset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or gpu (default: $ACTIONREC_DEVICE or cpu)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint (must exist)")
@@ -197,7 +199,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, optimizer=optimizer,
         schedule=make_schedule_from_args(args, optimizer.lr), patience=args.patience, balance=args.balance,
         seed=args.seed, device=args.device, resume=args.resume, restart=args.restart,
-        prefetch=not args.no_prefetch, progress=not args.quiet)
+        prefetch=not args.no_prefetch, progress=not args.quiet, classes=args.classes)
     print(f"best model (epoch {result['best_epoch']}): {out}")
     print(f"checkpoint: {result['checkpoint']}; log: {result['log_prefix']}.history.csv/.json, curves: "
           f"{result['log_prefix']}.curves.png")
@@ -221,16 +223,11 @@ def cmd_evaluate(args) -> int:
     trial = args.trial if args.trial is not None else int(saved.get("trial", 0) or 0)
     persons = persons_of(args) or saved.get("persons") or None
     with CubeDataset(args.data) as ds:
-        check_compatible(model, args.model, ds, args.data)
-        classes = list(model.metadata.get("classes") or ds.classes)
-        if args.split == "all":
-            import numpy as np
-
-            indices = np.arange(len(ds.cube_label))
-        else:
-            indices = ds.select(args.split, split=scheme, trial=trial, persons=persons)
-        report = evaluate_source(model, CubeSource(ds, indices), classes, top_k=tuple(args.top_k),
-                                 batch_size=args.batch_size)
+        subset = check_compatible(model, args.model, ds, args.data)
+        classes = subset or list(model.metadata.get("classes") or ds.classes)
+        indices = ds.select(args.split, split=scheme, trial=trial, persons=persons, classes=subset)
+        report = evaluate_source(model, CubeSource(ds, indices, classes=subset), classes,
+                                 top_k=tuple(args.top_k), batch_size=args.batch_size)
     report.update({"model": str(args.model), "data": str(args.data), "split": args.split, "scheme": scheme,
                    "trial": trial})
     if args.json:

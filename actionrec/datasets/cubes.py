@@ -99,12 +99,30 @@ class CubeDataset:
     def absent_persons(self, split="official", trial=0, persons=None) -> dict[str, list[int]]:
         return kth.absent_persons(kth.split_persons(split, trial, persons), self.persons)
 
-    def select(self, part, split="official", trial=0, persons=None) -> np.ndarray:
-        """Indices of the cubes of one part ('train', 'validation' or 'test') of a person split."""
-        if part not in ("train", "validation", "test"):
-            raise DataError(f"unknown part {part!r}; use 'train', 'validation' or 'test'")
-        chosen = self.split_persons(split, trial, persons)[part]
-        return np.flatnonzero(np.isin(self.cube_person, chosen))
+    def class_labels(self, classes=None) -> list[int]:
+        """Label numbers of the class names ``classes`` (all classes when None), in the order given.
+
+        Unknown or repeated names are a ``DataError`` that lists this file's classes."""
+        if classes is None:
+            return list(range(len(self.classes)))
+        classes = list(classes)
+        unknown = [c for c in classes if c not in self.classes]
+        if unknown:
+            raise DataError(f"{self.path}: no class {', '.join(map(repr, unknown))}; its classes are "
+                            f"{', '.join(self.classes)}")
+        if len(set(classes)) != len(classes) or len(classes) < 2:
+            raise DataError(f"{self.path}: choose at least two different classes, got {', '.join(classes)}")
+        return [self.classes.index(c) for c in classes]
+
+    def select(self, part, split="official", trial=0, persons=None, classes=None) -> np.ndarray:
+        """Indices of the cubes of one part ('train', 'validation', 'test' or 'all') of a person split,
+        restricted to the class names ``classes`` when given."""
+        if part not in ("train", "validation", "test", "all"):
+            raise DataError(f"unknown part {part!r}; use 'train', 'validation', 'test' or 'all'")
+        keep = np.isin(self.cube_label, self.class_labels(classes))
+        if part != "all":
+            keep &= np.isin(self.cube_person, self.split_persons(split, trial, persons)[part])
+        return np.flatnonzero(keep)
 
     # ------------------------------------------------------------------------------------------ reading
     def read_raw(self, indices):

@@ -35,25 +35,36 @@ class _Augmented:
 class CubeSource(_Augmented):
     """The cubes ``indices`` of a ``CubeDataset`` as a data source.
 
+    ``classes``: an optional subset of the dataset's class names (labels become positions in it).
     ``labels`` (n,) int, ``videos`` (n,) int (the video each cube comes from), ``classes``,
     ``input_shape`` (1, 5f-2, H, W). ``batch(positions)`` -> (x float32 (b, 1, 5f-2, H, W), y int (b,)),
     augmented by ``augment`` (e.g. ``actionrec.augment.CubeAugment``) when given: training sources only.
     """
 
-    def __init__(self, dataset, indices, augment=None, seed=0):
+    def __init__(self, dataset, indices, augment=None, seed=0, classes=None):
         self.dataset = dataset
         self.indices = np.asarray(indices, dtype=np.int64)
         if self.indices.ndim != 1:
             raise DataError("cube indices must be a 1-D integer array")
-        self.labels = np.asarray(dataset.cube_label, dtype=np.int64)[self.indices]
+        labels = np.asarray(dataset.cube_label, dtype=np.int64)[self.indices]
+        self.classes = list(dataset.classes) if classes is None else list(classes)
+        if classes is not None:
+            # A class subset is relabelled 0..k-1 in the order given: the model's outputs.
+            lookup = np.full(len(dataset.classes), -1, np.int64)
+            lookup[dataset.class_labels(classes)] = np.arange(len(self.classes))
+            labels = lookup[labels]
+            if (labels < 0).any():
+                raise DataError(f"{dataset.path}: the selected cubes include classes outside "
+                                f"{', '.join(self.classes)}; select them with the same classes")
+        self.labels = labels
         self.videos = np.asarray(dataset.cube_video, dtype=np.int64)[self.indices]
-        self.classes = list(dataset.classes)
         self.input_shape = tuple(dataset.input_shape)
         self._init_augment(augment, seed)
 
     @classmethod
-    def from_split(cls, dataset, part, split="official", trial=0, persons=None):
-        return cls(dataset, dataset.select(part, split=split, trial=trial, persons=persons))
+    def from_split(cls, dataset, part, split="official", trial=0, persons=None, classes=None):
+        indices = dataset.select(part, split=split, trial=trial, persons=persons, classes=classes)
+        return cls(dataset, indices, classes=classes)
 
     def __len__(self):
         return len(self.indices)
