@@ -196,7 +196,7 @@ def test_command_line_overrides_the_dataset_defaults():
 
     parse = build_parser().parse_args
     assert settings_for(parse(["baseline", "cifar10"])) == DEFAULTS["cifar10"]
-    s = settings_for(parse(["baseline", "mnist", "--epochs", "6", "--crop-padding", "2", "--flip",
+    s = settings_for(parse(["baseline", "mnist", "--epochs", "6", "--crop-padding", "3", "--flip",
                             "--weight-decay", "1e-4"]))
-    assert (s["epochs"], s["crop_padding"], s["flip"], s["weight_decay"]) == (6, 2, True, 1e-4)
+    assert (s["epochs"], s["crop_padding"], s["flip"], s["weight_decay"]) == (6, 3, True, 1e-4)
     assert settings_for(parse(["baseline", "cifar10", "--no-flip"]))["flip"] is False

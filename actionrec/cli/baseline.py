@@ -14,8 +14,8 @@ from actionrec.errors import ActionrecError
 # Per-dataset defaults: the settings docs/results.md reports (model, schedule, augmentation).
 DEFAULTS = {
     # The schedule is applied per batch (fractional epochs): the cosine ends at ~0 on the last batch.
-    "mnist": dict(model="mnist-2conv", epochs=4, batch_size=128, optimizer="adam", lr=1e-3,
-                  weight_decay=0.0, schedule="cosine", crop_padding=0, flip=False),
+    "mnist": dict(model="mnist-2conv", epochs=8, batch_size=128, optimizer="adam", lr=1e-3,
+                  weight_decay=0.0, schedule="cosine", crop_padding=2, flip=False),
     "cifar10": dict(model="cifar-vgg", epochs=30, batch_size=64, optimizer="adam", lr=2e-3,
                     weight_decay=5e-4, schedule="cosine", crop_padding=4, flip=True),
 }
