@@ -53,8 +53,10 @@ def test_cli_train_on_two_classes_then_evaluate_and_resume_guard(tiny_data, tmp_
     common = ["train", tiny_data, "--model", "ji-small", "--out", out, "--train-persons", "1,2",
               "--validation-persons", "3", "--batch-size", "16", "--optimizer", "adam", "--quiet",
               "--classes", "walking,running"]
-    code, _, err = run(capsys, *common, "--epochs", "1")
+    code, stdout, err = run(capsys, *common, "--epochs", "1")
     assert code == 0, err
+    # no test persons in this split: the suggested next command evaluates the validation persons
+    assert f"next: actionrec evaluate {out} {tiny_data} --split validation" in stdout
     model = load_model_file(out)
     assert model.metadata["classes"] == ["walking", "running"]
     assert model.layers[-1].params["W"].shape[0] == 2  # two outputs, not six

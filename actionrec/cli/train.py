@@ -203,8 +203,20 @@ def cmd_train(args) -> int:
     print(f"best model (epoch {result['best_epoch']}): {out}")
     print(f"checkpoint: {result['checkpoint']}; log: {result['log_prefix']}.history.csv/.json, curves: "
           f"{result['log_prefix']}.curves.png")
-    print(f"next: actionrec evaluate {out} {args.data}")
+    print(f"next: actionrec evaluate {out} {args.data}{_evaluation_part(args)}")
     return 0
+
+
+def _evaluation_part(args) -> str:
+    """'' when the split has test cubes (evaluate's default part), else ' --split validation' (a
+    dataset without test persons, such as the KTH clips in ../shared/data)."""
+    from actionrec.datasets.cubes import CubeDataset
+
+    with CubeDataset(args.data) as ds:
+        select = dict(split=args.scheme, trial=args.trial or 0, persons=persons_of(args), classes=args.classes)
+        if len(ds.select("test", **select)):
+            return ""
+        return " --split validation" if len(ds.select("validation", **select)) else " --split train"
 
 
 # --- evaluate -------------------------------------------------------------------------------------
