@@ -67,12 +67,30 @@ def test_subsampling_matches_reference(rng, map_shape, x_shape, kernel, dtype):
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("map_shape,x_shape,kernel", [((2,), (2, 2, 5, 4), 2), ((2, 3), (1, 2, 3, 4, 5), (2, 3))])
+@pytest.mark.parametrize("map_shape,x_shape,kernel", [((2,), (2, 2, 5, 4), 2), ((2, 3), (1, 2, 3, 4, 5), (2, 3)),
+                                                     ((2,), (3, 2, 4, 6), 2), ((2, 3), (2, 2, 3, 6, 6), (3, 2))])
 def test_subsampling_gradients_match_finite_differences(rng, map_shape, x_shape, kernel):
     layer = Subsampling(kernel, map_shape, init="lecun", rng=0, dtype="float64")
     layer.params["b"][...] = rng.standard_normal(map_shape)
     errors = check_layer_gradients(layer, rng.standard_normal(x_shape))
     assert set(errors) == {"x", "W", "b"} and max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("x_shape", [(4, 2, 10, 48, 72), (4, 2, 10, 49, 73)])  # exact and remainder
+def test_subsampling_on_both_cores_matches_the_reference(rng, x_shape):
+    # Large enough (> 2**18 elements) for the batch to be split over threads.
+    layer = Subsampling(3, (2, 10), init="lecun", rng=0, dtype="float32")
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    y = layer.forward(x)
+    expected = reference.subsampling(x, layer.params["W"], layer.params["b"], layer.kernel_size)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    # every input of a window gets W * dy of its window; the remainder rows/columns get nothing
+    spread = np.repeat(np.repeat(dy * layer.params["W"][None, :, :, None, None], 3, axis=-2), 3, axis=-1)
+    expected_dx = np.zeros_like(x)
+    expected_dx[..., :spread.shape[-2], :spread.shape[-1]] = spread
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-6, atol=1e-6)
 
 
 def test_subsampling_starts_as_window_average_and_counts_ji_parameters(rng):
