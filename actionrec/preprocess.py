@@ -385,6 +385,12 @@ def _finalise(f, prep, classes):
         starts = cube_starts([(int(a), int(b))], prep["frames"], prep["stride"])
         cv.extend([int(v)] * len(starts))
         cs.extend(starts)
+    # Videos are committed in the order the workers finish them (and appended runs come last); the
+    # cube index follows the videos' paths instead, so that the same files always give the same cube
+    # numbers, and a seeded training run the same batches.
+    path_rank = np.argsort(np.argsort([_s(p) for p in f["videos/path"][:]], kind="stable"))
+    order = np.argsort(path_rank[np.asarray(cv, np.int64)], kind="stable") if cv else np.zeros(0, np.int64)
+    cv, cs = np.asarray(cv, np.int64)[order], np.asarray(cs, np.int64)[order]
     if "cubes" in f:
         del f["cubes"]
     g = f.create_group("cubes")

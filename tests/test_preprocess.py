@@ -144,6 +144,29 @@ def test_append_new_videos(tmp_path, folder):
         preprocess_folder(root, out, frames=9, progress=False)
 
 
+def _cube_keys(path):
+    with CubeDataset(path) as d:
+        return [(d.videos[v]["name"], int(s)) for v, s in zip(d.cube_video, d.cube_start)]
+
+
+def test_cube_order_follows_the_paths_not_the_order_videos_were_written(tmp_path, folder):
+    # running first, then boxing appended: boxing's videos sit after running's in the file, but the
+    # cube index must read as if the folder had been done in one go (seeded training depends on it)
+    root = tmp_path / "root"
+    shutil.copytree(folder / "running", root / "running")
+    appended = tmp_path / "appended.h5"
+    preprocess_folder(root, appended, frames=7, progress=False)
+    shutil.copytree(folder / "boxing", root / "boxing")
+    preprocess_folder(root, appended, frames=7, progress=False)
+    fresh = tmp_path / "fresh.h5"
+    preprocess_folder(root, fresh, frames=7, workers=1, progress=False)
+    keys = _cube_keys(appended)
+    assert keys == _cube_keys(fresh) and keys[0][0].startswith("person01_boxing")
+    with CubeDataset(appended) as a, CubeDataset(fresh) as b:
+        np.testing.assert_array_equal(a.read_cubes(np.arange(len(a))), b.read_cubes(np.arange(len(b))))
+        assert [a.classes[c] for c in a.cube_label] == [b.classes[c] for c in b.cube_label]
+
+
 def _run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, "-m", "actionrec", "preprocess", *map(str, args), "--no-progress"],
