@@ -389,8 +389,9 @@ def _finalise(f, prep, classes):
     # cube index follows the videos' paths instead, so that the same files always give the same cube
     # numbers, and a seeded training run the same batches.
     path_rank = np.argsort(np.argsort([_s(p) for p in f["videos/path"][:]], kind="stable"))
-    order = np.argsort(path_rank[np.asarray(cv, np.int64)], kind="stable") if cv else np.zeros(0, np.int64)
-    cv, cs = np.asarray(cv, np.int64)[order], np.asarray(cs, np.int64)[order]
+    cv, cs = np.asarray(cv, np.int64), np.asarray(cs, np.int64)
+    order = np.argsort(path_rank[cv], kind="stable")
+    cv, cs = cv[order], cs[order]
     if "cubes" in f:
         del f["cubes"]
     g = f.create_group("cubes")

@@ -379,11 +379,6 @@ def _json_safe(value):
     return value
 
 
-def train_persons(ds, select) -> str:
-    persons = ds.split_persons(select["split"], select["trial"], select["persons"])["train"]
-    return ", ".join(map(str, persons)) or "none present"
-
-
 def run_training(data, *, model_name: str, out, model_options=None, split: str = "official", trial: int = 0,
                  persons=None, epochs: int = 20, batch_size: int = 32, optimizer=None, schedule=None,
                  patience: int = 5, balance: bool = False, seed: int = 0, device=None, resume: bool = False,
@@ -429,8 +424,10 @@ def run_training(data, *, model_name: str, out, model_options=None, split: str =
         train = CubeSource(ds, ds.select("train", **select), augment=augment, classes=subset)
         validation = CubeSource(ds, ds.select("validation", **select), classes=subset)
         if len(train) == 0:
-            raise ActionrecError(f"{data}: the training part has no cubes (persons {train_persons(ds, select)}"
-                                 f", classes {', '.join(classes)}): check the split and class options")
+            present = ds.split_persons(split, trial, persons)["train"]
+            raise ActionrecError(f"{data}: the training part has no cubes (persons "
+                                 f"{', '.join(map(str, present)) or 'none present'}, classes {', '.join(classes)}): "
+                                 "check the split and class options")
         model = build_model(model_name, len(classes), seed=seed, **options)
         metadata = {
             "format": "actionrec-model", "model": model_name, "model_options": options, "classes": classes,

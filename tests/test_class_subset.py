@@ -11,7 +11,7 @@ from train_fixtures import tiny_data  # noqa: F401
 from actionrec.cli import main
 from actionrec.datasets.cubes import CubeDataset
 from actionrec.datasets.sources import CubeSource
-from actionrec.errors import DataError
+from actionrec.errors import ActionrecError, DataError
 from actionrec.evaluation import check_compatible, load_model_file
 
 
@@ -83,7 +83,7 @@ def test_a_subset_model_needs_its_classes_in_the_evaluation_data(tiny_data, tmp_
 
         assert check_compatible(Model, "m.h5", ds, "d.h5") == ["walking", "running"]
         Model.metadata = {"classes": ["walking", "swimming"]}
-        with pytest.raises(Exception, match="no swimming"):
+        with pytest.raises(ActionrecError, match="no swimming"):
             check_compatible(Model, "m.h5", ds, "d.h5")
         Model.metadata = {"classes": list(ds.classes)}
         assert check_compatible(Model, "m.h5", ds, "d.h5") is None
