@@ -34,22 +34,15 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.nn.banded import flipped_kernels
 from actionrec.nn.im2col import output_size, window_view
-from actionrec.nn.parallel import WORKERS, map_chunks
+from actionrec.nn.parallel import item_chunks, map_chunks
 
 # Column-matrix elements built at once per chunk (whole items, at least one): about 2 MB of float32.
 _COLS_ELEMENTS = 1 << 19
 
 
 def _item_chunks(xp, n: int, per_item: int):
-    """[(n0, n1)] chunks of whole items, at most about ``_COLS_ELEMENTS`` column entries each, of
-    (nearly) equal sizes and as many as a multiple of the worker threads when there are enough items
-    (32 items in chunks of at most 10: four of 8, not 10, 10, 10, 2, which leaves a core idle)."""
-    if xp is not np:  # GPU: one chunk, the device parallelises each call itself
-        return [(0, n)]
-    most = max(1, _COLS_ELEMENTS // max(per_item, 1))
-    count = min(n, WORKERS * -(-n // (WORKERS * most)))
-    bounds = [i * n // count for i in range(count + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    """Chunks of whole items of about ``_COLS_ELEMENTS`` column entries each (``item_chunks``)."""
+    return item_chunks(xp, n, per_item, _COLS_ELEMENTS)
 
 
 def _pad(x, padding: tuple):

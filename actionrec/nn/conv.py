@@ -8,7 +8,9 @@ the time axis its own kernels. The unfolded matrix is rebuilt in backward, never
 
 Conv2D layers with enough output maps that the banding would not tile (b = 1: plain im2col, as in
 the 2D nets) use the batched core instead (``actionrec.nn.batched_conv``): whole chunks of items per
-unfolding and GEMM, where the frame-wise core pays per-item overheads.
+unfolding and GEMM, where the frame-wise core pays per-item overheads. Among those, 3x3 stride-1
+layers without groups and with at least 16 input and output maps (the VGG stacks) run by Winograd's
+F(2x2, 3x3) (``actionrec.nn.winograd``): 2.25 times fewer multiply-adds than im2col.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from actionrec.nn.batched_conv import batched_conv_backward, batched_conv_forwar
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.im2col import as_tuple, output_size
 from actionrec.nn.init import initial_weights
+from actionrec.nn.winograd import winograd_applies, winograd_conv_backward, winograd_conv_forward
 
 
 # --- functional core ---------------------------------------------------------------------------
@@ -88,7 +91,7 @@ class _ConvND(Layer):
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError("kernel_size and stride must be >= 1 and padding >= 0")
         self.bias, self.init, self.input_grad = bool(bias), init, bool(input_grad)
-        self._core = None  # which core ran the last forward: "batched" or "framewise"
+        self._core = None  # which core ran the last forward: "winograd", "batched" or "framewise"
         cg = self.in_channels // self.groups
         volume = math.prod(self.kernel_size)
         dtype = np.dtype(dtype)
@@ -134,6 +137,11 @@ class _ConvND(Layer):
     def forward(self, x, training=False):
         out_shape = self.output_shape(x.shape)  # validates
         self._cache = None  # free the previous batch's cache before building this one
+        if self.ndim == 2 and winograd_applies(self.kernel_size, self.stride, self.groups, self.in_channels,
+                                               self.out_channels):
+            out, cache = winograd_conv_forward(x, self.params["W"], self.params.get("b"), self.padding)
+            self._cache, self._core = cache, "winograd"
+            return out
         if self._batched(out_shape):
             out, cache = batched_conv_forward(x, self.params["W"], self.params.get("b"), self.stride,
                                               self.padding, self.groups)
@@ -147,8 +155,9 @@ class _ConvND(Layer):
 
     def backward(self, dy):
         cache = self._cache
-        if self._core == "batched":
-            dx, dW, db = batched_conv_backward(dy, cache, self.input_grad)
+        if self._core in ("batched", "winograd"):
+            backward = batched_conv_backward if self._core == "batched" else winograd_conv_backward
+            dx, dW, db = backward(dy, cache, self.input_grad)
             self.grads["W"] = dW
             if self.bias:
                 self.grads["b"] = db

@@ -81,6 +81,19 @@ def map_chunks(xp, work, chunks):
 _PARALLEL_ELEMENTS = 1 << 18
 
 
+def item_chunks(xp, n: int, per_item: int, budget: int):
+    """[(n0, n1)] chunks of a batch of ``n`` items: whole items, at most about ``budget`` elements of
+    per-item work each, of nearly equal sizes, and as many as a multiple of WORKERS when there are
+    enough items (32 items in chunks of at most 10: four of 8, not 10, 10, 10, 2, which leaves a core
+    idle). CuPy: one chunk, the device parallelises each call itself."""
+    if xp is not np:
+        return [(0, n)]
+    most = max(1, budget // max(per_item, 1))
+    count = min(n, WORKERS * -(-n // (WORKERS * most)))
+    bounds = [i * n // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def over_batch(xp, work, n: int, size: int):
     """[work(start, end)] over WORKERS slices of a batch of ``n`` items (one call, work(0, n), for
     small work of ``size`` elements in all, a batch of one, or CuPy). Slices are whole items."""

@@ -36,6 +36,27 @@ def conv(x, W, b=None, stride=1, padding=0, groups=1):
     return out
 
 
+def conv_backward(x, W, dy, stride=1, padding=0, groups=1):
+    """Gradients of ``conv`` by the definition, every output element adding dy times its window:
+    -> (dx like x, dW like W, db (O,)), in float64."""
+    x, W, dy = (np.asarray(a, dtype=np.float64) for a in (x, W, dy))
+    d = x.ndim - 2
+    stride = (stride,) * d if isinstance(stride, int) else tuple(stride)
+    padding = (padding,) * d if isinstance(padding, int) else tuple(padding)
+    xpad = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+    dxpad, dW = np.zeros_like(xpad), np.zeros_like(W)
+    cg, og = W.shape[1], W.shape[0] // groups
+    for index in np.ndindex(*dy.shape):
+        n, o, pos = index[0], index[1], index[2:]
+        g = o // og
+        window = (n, slice(g * cg, (g + 1) * cg)) + tuple(slice(p * s, p * s + k) for p, s, k in
+                                                           zip(pos, stride, W.shape[2:]))
+        dW[o] += dy[index] * xpad[window]
+        dxpad[window] += dy[index] * W[o]
+    inner = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(padding, x.shape[2:]))
+    return dxpad[inner], dW, dy.sum(axis=(0,) + tuple(range(2, 2 + d)))
+
+
 def pool(x, kernel, stride=None, mode="max"):
     """Max or average pooling over the last len(kernel) axes, no padding, remainder dropped."""
     x = np.asarray(x, dtype=np.float64)

@@ -1,0 +1,157 @@
+"""The Winograd F(2x2, 3x3) core against the plain-loop reference (forward and gradients), its
+gradients against centred finite differences in float64, its pieces against their definitions, and
+Conv2D's routing to it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actionrec.nn import reference, winograd
+from actionrec.nn.conv import Conv2D
+from actionrec.nn.gradcheck import check_layer_gradients, numerical_gradient, relative_error
+from actionrec.nn.winograd import winograd_conv_backward, winograd_conv_forward
+
+CASES = [  # x shape (N, C, H, W), output maps, padding
+    ((2, 3, 8, 8), 4, (1, 1)),  # "same" padding, even output: whole tiles
+    ((1, 2, 7, 6), 3, (1, 1)),  # batch 1, odd output height: one more tile row, cropped
+    ((3, 4, 9, 11), 2, (0, 0)),  # valid, odd output sizes on both axes
+    ((2, 3, 5, 4), 5, (2, 1)),  # padding k - 1 on one axis (full correlation), 1 on the other
+    ((2, 5, 3, 3), 2, (0, 1)),  # one output row (a single, cropped tile row)
+]
+
+
+def _case(rng, case, dtype, bias=True):
+    x_shape, out_maps, padding = case
+    x = rng.standard_normal(x_shape).astype(dtype)
+    W = rng.standard_normal((out_maps, x_shape[1], 3, 3)).astype(dtype)
+    b = rng.standard_normal(out_maps).astype(dtype) if bias else None
+    return x, W, b, padding
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_forward_matches_reference(rng, case, dtype):
+    x, W, b, padding = _case(rng, case, dtype)
+    y, _ = winograd_conv_forward(x, W, b, padding)
+    expected = reference.conv(x, W, b, 1, padding)
+    assert y.dtype == dtype and y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_backward_matches_loop_reference(rng, case, dtype):
+    x, W, b, padding = _case(rng, case, dtype)
+    y, cache = winograd_conv_forward(x, W, b, padding)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    grads = winograd_conv_backward(dy, cache)
+    expected = reference.conv_backward(x, W, dy, 1, padding)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    for got, want in zip(grads, expected):
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, **tol)
+    none, dW_only, db_only = winograd_conv_backward(dy, cache, need_dx=False)
+    assert none is None
+    np.testing.assert_array_equal(dW_only, grads[1])
+    np.testing.assert_array_equal(db_only, grads[2])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_match_finite_differences(rng, case):
+    x, W, b, padding = _case(rng, case, np.float64)
+    y, cache = winograd_conv_forward(x, W, b, padding)
+    dy = rng.standard_normal(y.shape)
+    dx, dW, db = winograd_conv_backward(dy, cache)
+
+    def f():
+        return winograd_conv_forward(x, W, b, padding)[0]
+
+    # The convolution is linear in x, W and b, so a centred difference is exact whatever the step but
+    # for rounding: a 1e-3 step keeps that rounding far below the bar (with 1e-6, entries near zero of
+    # sums over many taps miss it by rounding alone, as in test_banded).
+    for got, wrt in ((dx, x), (dW, W), (db, b)):
+        assert relative_error(got, numerical_gradient(f, wrt, dy, eps=1e-3)) < 1e-6
+
+
+def test_no_bias(rng):
+    x, W, _, padding = _case(rng, CASES[0], np.float64, bias=False)
+    y, cache = winograd_conv_forward(x, W, None, padding)
+    np.testing.assert_allclose(y, reference.conv(x, W, None, 1, padding), rtol=1e-12, atol=1e-12)
+    assert winograd_conv_backward(np.ones_like(y), cache)[2].shape == (W.shape[0],)
+
+
+def test_chunking_does_not_change_results(rng, monkeypatch):
+    x, W, b, padding = _case(rng, ((7, 3, 6, 5), 4, (1, 1)), np.float64)
+    y, cache = winograd_conv_forward(x, W, b, padding)
+    dy = rng.standard_normal(y.shape)
+    grads = winograd_conv_backward(dy, cache)
+    monkeypatch.setattr(winograd, "_CHUNK_ELEMENTS", 1)  # one item per chunk
+    assert len(winograd._chunks(np, 7, 10)) == 7
+    y1, cache1 = winograd_conv_forward(x, W, b, padding)
+    np.testing.assert_allclose(y1, y, rtol=1e-13, atol=1e-13)
+    for a, c in zip(winograd_conv_backward(dy, cache1), grads):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-13)
+
+
+def test_kernel_transform_is_g_g_gt_and_its_gradient_the_adjoint(rng):
+    W = rng.standard_normal((3, 2, 3, 3))
+    G = winograd._G
+    u = winograd.kernel_transform(W)  # (16, O, C)
+    for o in range(3):
+        for c in range(2):
+            np.testing.assert_allclose(u[:, o, c].reshape(4, 4), G @ W[o, c] @ G.T, rtol=1e-14, atol=1e-14)
+    du_t = rng.standard_normal((16, 2, 3))  # (16, C, O)
+    # <dU, U(W)> = <dW, W> for the adjoint
+    lhs = np.sum(du_t.transpose(0, 2, 1) * u)
+    np.testing.assert_allclose(lhs, np.sum(winograd.kernel_gradient(du_t) * W), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (40, 7), (7, 3000), (1030, 9)])
+def test_transpose_into(rng, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = np.empty(shape[::-1], dtype=np.float32)
+    winograd.transpose_into(out, x)
+    np.testing.assert_array_equal(out, x.T)
+
+
+@pytest.mark.parametrize("in_channels,out_channels,kernel,stride,groups,core", [
+    (16, 16, 3, 1, 1, "winograd"),
+    (32, 64, 3, 1, 1, "winograd"),
+    (3, 32, 3, 1, 1, "batched"),  # too few input maps for the 16 thin GEMMs
+    (16, 16, 3, 2, 1, "batched"),  # stride 2
+    (16, 16, 3, 1, 2, "framewise"),  # groups
+    (16, 16, 5, 1, 1, "framewise"),  # 5x5
+])
+def test_conv2d_routes_3x3_stride1_many_channel_layers_to_winograd(rng, in_channels, out_channels, kernel,
+                                                                   stride, groups, core):
+    layer = Conv2D(in_channels, out_channels, kernel, stride=stride, padding=1, groups=groups, rng=0,
+                   dtype="float64")
+    layer.params["b"][...] = rng.standard_normal(out_channels)
+    x = rng.standard_normal((2, in_channels, 6, 7))
+    y = layer.forward(x, training=True)
+    assert layer._core == core
+    np.testing.assert_allclose(y, reference.conv(x, layer.params["W"], layer.params["b"], stride, 1, groups),
+                               rtol=1e-11, atol=1e-11)
+
+
+def test_conv2d_winograd_gradients_match_finite_differences(rng):
+    layer = Conv2D(16, 16, 3, padding=1, rng=0, dtype="float64")
+    layer.params["b"][...] = rng.standard_normal(16)
+    x = rng.standard_normal((1, 16, 3, 4))
+    errors = check_layer_gradients(layer, x, eps=1e-3)  # linear layer: see above
+    assert layer._core == "winograd"
+    assert set(errors) == {"x", "W", "b"} and max(errors.values()) < 1e-6, errors
+    # between the passes only the input and the transformed kernels are held
+    x_kept, u_t, _ = layer._cache
+    assert x_kept is x and u_t.shape == (16, 16, 16)
+
+
+def test_conv2d_winograd_without_input_gradient(rng):
+    layer = Conv2D(16, 16, 3, padding=1, rng=0, dtype="float64", input_grad=False)
+    x = rng.standard_normal((2, 16, 4, 4))
+    y = layer.forward(x, training=True)
+    assert layer.backward(np.ones_like(y)) is None
+    _, dW, db = reference.conv_backward(x, layer.params["W"], np.ones_like(y), 1, 1)
+    np.testing.assert_allclose(layer.grads["W"], dW, rtol=1e-11)
+    np.testing.assert_allclose(layer.grads["b"], db, rtol=1e-11)
