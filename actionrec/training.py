@@ -29,6 +29,7 @@ import numpy as np
 from actionrec.backend import array_module_for, get_array_module, to_device, to_numpy
 from actionrec.datasets.sources import iterate_batches
 from actionrec.errors import ActionrecError
+from actionrec.nn.allocator import keep_freed_memory
 
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "samples_per_s")
 
@@ -140,6 +141,7 @@ class Trainer:
         """Train for the remaining epochs; return the history (lists keyed by ``HISTORY_KEYS``)."""
         if len(train) == 0:
             raise ActionrecError("the training split is empty: check the split options")
+        keep_freed_memory()  # every step re-allocates the same large arrays: reuse, do not re-fault
         if resume:
             self.load_checkpoint()
             if self.completed_epochs >= self.epochs:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actionrec.backend import array_module_for, to_numpy  # noqa: E402
 from actionrec.errors import ActionrecError  # noqa: E402
 from actionrec.models import MODELS, build_model  # noqa: E402
+from actionrec.nn.allocator import keep_freed_memory  # noqa: E402
 from actionrec.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 from actionrec.nn.optim import SGD  # noqa: E402
 
@@ -339,10 +340,11 @@ def main(argv=None):
         def sync():
             return None
 
+    kept = keep_freed_memory()  # as Trainer.fit does: both implementations run in this process
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}, numpy {np.__version__}"
           + (f", torch {torch.__version__} ({args.threads} threads)" if torch else "")
-          + f"; device {args.device}")
+          + f"; device {args.device}; malloc keeps freed memory: {'yes' if kept else 'no'}")
     header = f"{'workload':<12} {'impl':<22} {'batch':>5} {'samples/s':>10} {'GFLOP/s':>8} {'ms/step':>9} {'peak MiB':>9} {'x best torch':>15}"
     print(header)
     print("-" * len(header))

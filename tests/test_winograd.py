@@ -1,4 +1,4 @@
-"""The Winograd F(2x2, 3x3) core against the plain-loop reference (forward and gradients), its
+"""The Winograd F(2x2, 3x3) and F(2x2, 5x5) core against the plain-loop reference (forward and gradients), its
 gradients against centred finite differences in float64, its pieces against their definitions, and
 Conv2D's routing to it."""
 
@@ -12,19 +12,22 @@ from actionrec.nn.conv import Conv2D
 from actionrec.nn.gradcheck import check_layer_gradients, numerical_gradient, relative_error
 from actionrec.nn.winograd import winograd_conv_backward, winograd_conv_forward
 
-CASES = [  # x shape (N, C, H, W), output maps, padding
-    ((2, 3, 8, 8), 4, (1, 1)),  # "same" padding, even output: whole tiles
-    ((1, 2, 7, 6), 3, (1, 1)),  # batch 1, odd output height: one more tile row, cropped
-    ((3, 4, 9, 11), 2, (0, 0)),  # valid, odd output sizes on both axes
-    ((2, 3, 5, 4), 5, (2, 1)),  # padding k - 1 on one axis (full correlation), 1 on the other
-    ((2, 5, 3, 3), 2, (0, 1)),  # one output row (a single, cropped tile row)
+CASES = [  # x shape (N, C, H, W), output maps, kernel size, padding
+    ((2, 3, 8, 8), 4, 3, (1, 1)),  # "same" padding, even output: whole tiles
+    ((1, 2, 7, 6), 3, 3, (1, 1)),  # batch 1, odd output height: one more tile row, cropped
+    ((3, 4, 9, 11), 2, 3, (0, 0)),  # valid, odd output sizes on both axes
+    ((2, 3, 5, 4), 5, 3, (2, 1)),  # padding k - 1 on one axis (full correlation), 1 on the other
+    ((2, 5, 3, 3), 2, 3, (0, 1)),  # one output row (a single, cropped tile row)
+    ((2, 3, 12, 12), 4, 5, (0, 0)),  # 5x5 valid, as MNIST's second layer (12 -> 8)
+    ((1, 2, 8, 7), 3, 5, (2, 1)),  # 5x5 "same" on one axis, odd output width
+    ((2, 2, 5, 6), 2, 5, (0, 4)),  # 5x5: one output row; padding k - 1 on the other axis
 ]
 
 
 def _case(rng, case, dtype, bias=True):
-    x_shape, out_maps, padding = case
+    x_shape, out_maps, k, padding = case
     x = rng.standard_normal(x_shape).astype(dtype)
-    W = rng.standard_normal((out_maps, x_shape[1], 3, 3)).astype(dtype)
+    W = rng.standard_normal((out_maps, x_shape[1], k, k)).astype(dtype)
     b = rng.standard_normal(out_maps).astype(dtype) if bias else None
     return x, W, b, padding
 
@@ -82,7 +85,7 @@ def test_no_bias(rng):
 
 
 def test_chunking_does_not_change_results(rng, monkeypatch):
-    x, W, b, padding = _case(rng, ((7, 3, 6, 5), 4, (1, 1)), np.float64)
+    x, W, b, padding = _case(rng, ((7, 3, 6, 5), 4, 3, (1, 1)), np.float64)
     y, cache = winograd_conv_forward(x, W, b, padding)
     dy = rng.standard_normal(y.shape)
     grads = winograd_conv_backward(dy, cache)
@@ -94,17 +97,29 @@ def test_chunking_does_not_change_results(rng, monkeypatch):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-13)
 
 
-def test_kernel_transform_is_g_g_gt_and_its_gradient_the_adjoint(rng):
-    W = rng.standard_normal((3, 2, 3, 3))
-    G = winograd._G
-    u = winograd.kernel_transform(W)  # (16, O, C)
+@pytest.mark.parametrize("r", [3, 5])
+def test_matrices_compute_the_correlation(rng, r):
+    """A^T [(G g) * (B^T d)] = (sum_k d[i + k] g[k]) for i = 0, 1: the 1-D identity the 2-D tiles nest."""
+    at, g_mat, bt = winograd._MATRICES[r]
+    for _ in range(5):
+        d, g = rng.standard_normal(r + 1), rng.standard_normal(r)
+        expected = [d[i:i + r] @ g for i in range(2)]
+        np.testing.assert_allclose(at @ ((g_mat @ g) * (bt @ d)), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("r", [3, 5])
+def test_kernel_transform_is_g_g_gt_and_its_gradient_the_adjoint(rng, r):
+    W = rng.standard_normal((3, 2, r, r))
+    G = winograd._MATRICES[r][1]
+    u = winograd.kernel_transform(W)  # (n^2, O, C)
     for o in range(3):
         for c in range(2):
-            np.testing.assert_allclose(u[:, o, c].reshape(4, 4), G @ W[o, c] @ G.T, rtol=1e-14, atol=1e-14)
-    du_t = rng.standard_normal((16, 2, 3))  # (16, C, O)
+            np.testing.assert_allclose(u[:, o, c].reshape(r + 1, r + 1), G @ W[o, c] @ G.T, rtol=1e-14,
+                                       atol=1e-14)
+    du_t = rng.standard_normal(((r + 1) ** 2, 2, 3))  # (n^2, C, O)
     # <dU, U(W)> = <dW, W> for the adjoint
     lhs = np.sum(du_t.transpose(0, 2, 1) * u)
-    np.testing.assert_allclose(lhs, np.sum(winograd.kernel_gradient(du_t) * W), rtol=1e-12)
+    np.testing.assert_allclose(lhs, np.sum(winograd.kernel_gradient(du_t, r) * W), rtol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (40, 7), (7, 3000), (1030, 9)])
@@ -121,9 +136,11 @@ def test_transpose_into(rng, shape):
     (3, 32, 3, 1, 1, "batched"),  # too few input maps for the 16 thin GEMMs
     (16, 16, 3, 2, 1, "batched"),  # stride 2
     (16, 16, 3, 1, 2, "framewise"),  # groups
-    (16, 16, 5, 1, 1, "framewise"),  # 5x5
+    (16, 32, 5, 1, 1, "winograd"),  # 5x5
+    (6, 16, 5, 1, 1, "framewise"),  # 5x5 with few input maps (LeNet's second layer)
+    (16, 16, 7, 1, 1, "framewise"),  # 7x7: no F(2x2, 7x7) here
 ])
-def test_conv2d_routes_3x3_stride1_many_channel_layers_to_winograd(rng, in_channels, out_channels, kernel,
+def test_conv2d_routes_3x3_and_5x5_stride1_many_channel_layers_to_winograd(rng, in_channels, out_channels, kernel,
                                                                    stride, groups, core):
     layer = Conv2D(in_channels, out_channels, kernel, stride=stride, padding=1, groups=groups, rng=0,
                    dtype="float64")
@@ -143,8 +160,8 @@ def test_conv2d_winograd_gradients_match_finite_differences(rng):
     assert layer._core == "winograd"
     assert set(errors) == {"x", "W", "b"} and max(errors.values()) < 1e-6, errors
     # between the passes only the input and the transformed kernels are held
-    x_kept, u_t, _ = layer._cache
-    assert x_kept is x and u_t.shape == (16, 16, 16)
+    x_kept, u_t, r, _ = layer._cache
+    assert x_kept is x and u_t.shape == (16, 16, 16) and r == 3
 
 
 def test_conv2d_winograd_without_input_gradient(rng):

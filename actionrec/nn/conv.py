@@ -8,9 +8,10 @@ the time axis its own kernels. The unfolded matrix is rebuilt in backward, never
 
 Conv2D layers with enough output maps that the banding would not tile (b = 1: plain im2col, as in
 the 2D nets) use the batched core instead (``actionrec.nn.batched_conv``): whole chunks of items per
-unfolding and GEMM, where the frame-wise core pays per-item overheads. Among those, 3x3 stride-1
-layers without groups and with at least 16 input and output maps (the VGG stacks) run by Winograd's
-F(2x2, 3x3) (``actionrec.nn.winograd``): 2.25 times fewer multiply-adds than im2col.
+unfolding and GEMM, where the frame-wise core pays per-item overheads. 3x3 and 5x5 stride-1 layers
+without groups and with at least 16 input and output maps (VGG stacks, MNIST's second layer) run by
+Winograd's F(2x2, 3x3) / F(2x2, 5x5) (``actionrec.nn.winograd``): 2.25 / 2.78 times fewer
+multiply-adds than im2col.
 """
 
 from __future__ import annotations
