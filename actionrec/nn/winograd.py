@@ -1,20 +1,21 @@
-"""Winograd F(2x2, 3x3) and F(2x2, 5x5): the core behind Conv2D's 3x3 and 5x5 stride-1 many-channel
+"""Winograd F(4x4, 3x3) and F(2x2, 5x5): the core behind Conv2D's 3x3 and 5x5 stride-1 many-channel
 layers (CIFAR's VGG stacks, MNIST's second convolution).
 
-A 2x2 block of outputs of an r x r convolution needs the n x n input tile under it (n = r + 1).
+An m x m block of outputs of an r x r convolution needs the n x n input tile under it (n = m + r - 1).
 Winograd's minimal filtering computes the block from elementwise products in a transformed n x n
 domain:
 
-    y_tile = A^T [ (G g G^T) * (B^T d B) ] A        (n^2 products instead of 4 r^2)
+    y_tile = A^T [ (G g G^T) * (B^T d B) ] A        (n^2 products instead of m^2 r^2)
 
 so for C input and O output maps the n^2 products of every tile become n^2 independent GEMMs
 
     M[xi, nu] (T, O) = V[xi, nu] (T, C) @ U[xi, nu]^T (C, O),   U = G g G^T,  V = B^T d B,
 
-over the T tiles of a chunk of items: 16 / 36 = 2.25 times fewer multiply-adds than im2col for 3x3
-kernels, 36 / 100 = 2.78 times fewer for 5x5. The transforms are small products too (n x n matrices
-applied along the tile rows, then the tile columns) over arrays about the size of the input and the
-output, in a tile-major layout (rows, columns, items x maps) whose inner runs are long and contiguous.
+over the T tiles of a chunk of items: 36 products per 16 outputs for 3x3 kernels (4 times fewer
+multiply-adds than im2col), 36 per 4 for 5x5 (2.78 times fewer). The transforms are small products
+too (n x n matrices applied along the tile rows, then the tile columns) over arrays about the size of
+the input and the output, in a tile-major layout (rows, columns, items x maps) whose inner runs are
+long and contiguous.
 
 Backward is the exact adjoint of those linear maps, so gradients are those of the forward as computed
 (float64 gradient checks hold to rounding):
@@ -23,12 +24,15 @@ Backward is the exact adjoint of those linear maps, so gradients are those of th
 - dU[xi, nu] = V[xi, nu]^T @ dM[xi, nu] (n^2 GEMMs over the tiles), dW = G^T dU G;
 - dV[xi, nu] = dM[xi, nu] @ U[xi, nu], and dx = B dV B^T added onto the overlapping input tiles.
 
-V is rebuilt in backward from the input rather than kept: the cache holds the input and U only. The
-matrices (Toom-Cook on the points 0, +-1 (+-2) and infinity) have small entries, so float32 results
-differ from a direct convolution by rounding only (see the tests' tolerances). Chunks of items run on
-every core (``actionrec.nn.parallel``); numpy and CuPy alike.
+V is rebuilt in backward from the input rather than kept: the cache holds the input and the weights.
+Precision: the matrices (Toom-Cook on the points 0, +-1, +-2 and infinity) have entries up to 8, so
+in float32 F(4x4, 3x3) lands within about 1e-5 of the exact result relative to the largest output
+(measured 4-8e-6 on 32-128 maps; im2col 4-9e-7, F(2x2, 3x3) 3-9e-7): the usual price of Winograd
+convolution in single precision, far below what training notices; float64 is exact to 1e-13. Chunks
+of items run on every core (``actionrec.nn.parallel``); numpy and CuPy alike.
 
-Tiles: output maps of odd size get one more row/column of tiles, computed on zero padding and cropped.
+Tiles: output maps whose size is not a multiple of m get one more row/column of tiles, computed on
+zero padding and cropped.
 """
 
 from __future__ import annotations
@@ -42,24 +46,32 @@ from actionrec.nn.parallel import item_chunks, map_chunks, one_blas_thread
 # transform, the GEMMs and the inverse transform of a chunk run near the caches.
 _CHUNK_ELEMENTS = 1 << 19
 
-# (A^T (2, n), G (n, r), B^T (n, n)) of F(2, r), n = r + 1, by Toom-Cook on the points 0, 1, -1
-# (r = 3) or 0, 1, -1, 2, -2 (r = 5) and infinity: A^T evaluates at the points, G[j] = g(p_j) / f_j
-# with f_j = prod over l != j of (p_j - p_l), and B^T solves A^T [(G g) * (B^T d)] = the correlation
-# of d with g (checked in tests/test_winograd.py). Entries 0, +-1, +-2, 4, 5 and simple fractions.
+# B^T of the six points 0, 1, -1, 2, -2 and infinity, shared by F(2, 5) and F(4, 3).
+_BT6 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                 [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+_G6 = np.array([[1 / 4, 0, 0, 0, 0],
+                [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6],
+                [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
+                [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3],
+                [0, 0, 0, 0, 1]])  # G of F(2, 5); F(4, 3) takes its first three columns, last row e_3
+
+# (A^T (m, n), G (n, r), B^T (n, n)) of F(m, r), n = m + r - 1, keyed (m, r), by Toom-Cook on the
+# points 0, 1, -1 (n = 4) or 0, 1, -1, 2, -2 (n = 6) and infinity: A^T[i, j] = p_j^i, G[j, k] =
+# p_j^k / f_j with f_j = prod over l != j of (p_j - p_l), and B^T solves A^T [(G g) * (B^T d)] = the
+# correlation of d with g (checked in tests/test_winograd.py).
 _MATRICES = {
-    3: (np.array([[1, 1, 1, 0], [0, 1, -1, 1]], dtype=np.float64),
-        np.array([[-1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
-        np.array([[-1, 0, 1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)),
-    5: (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], dtype=np.float64),
-        np.array([[1 / 4, 0, 0, 0, 0],
-                  [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6],
-                  [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
-                  [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
-                  [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3],
-                  [0, 0, 0, 0, 1]]),
-        np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=np.float64)),
+    (2, 3): (np.array([[1, 1, 1, 0], [0, 1, -1, 1]], dtype=np.float64),
+             np.array([[-1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+             np.array([[-1, 0, 1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)),
+    (2, 5): (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], dtype=np.float64), _G6, _BT6),
+    (4, 3): (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                      dtype=np.float64),
+             np.vstack([_G6[:5, :3], [[0, 0, 1]]]), _BT6),
 }
+# Output tile per kernel size: F(4x4, 3x3) does 36 products per 16 outputs (4 times fewer than
+# im2col), F(2x2, 5x5) 36 per 4 (2.78 times fewer).
+OUTPUT_TILE = {3: 4, 5: 2}
 
 
 def winograd_applies(kernel: tuple, stride: tuple, groups: int, in_channels: int, out_channels: int) -> bool:
@@ -75,10 +87,11 @@ def _chunks(xp, n: int, per_item: int):
     return item_chunks(xp, n, per_item, _CHUNK_ELEMENTS)
 
 
-def _tiles(x_shape: tuple, r: int, padding: tuple) -> tuple:
-    """(output size (Ho, Wo), tile counts (th, tw)) of an r x r stride-1 convolution of x (N, C, H, W)."""
+def _tiles(x_shape: tuple, m: int, r: int, padding: tuple) -> tuple:
+    """(output size (Ho, Wo), tile counts (th, tw)) of an r x r stride-1 convolution of x (N, C, H, W)
+    in output tiles of m x m."""
     ho, wo = x_shape[2] + 2 * padding[0] - r + 1, x_shape[3] + 2 * padding[1] - r + 1
-    return (ho, wo), (-(-ho // 2), -(-wo // 2))
+    return (ho, wo), (-(-ho // m), -(-wo // m))
 
 
 def transpose_into(out, x):
@@ -122,48 +135,50 @@ def _grid_first(xp, grid, out):
     transpose_into(out.reshape(m * c, h * w), corner.reshape(h * w, m * c))
 
 
-def _overlapping_rows(a, count: int, n: int):
-    """View (count, n, *rest) of a (2 count + n - 2, *rest): entry [i, r] is row 2 i + r (the n rows of
-    tile i; neighbouring tiles share n - 2 rows). Read-only: never write to it."""
+def _overlapping_rows(a, count: int, n: int, step: int):
+    """View (count, n, *rest) of a (step count + n - step, *rest): entry [i, r] is row step i + r (the
+    n rows of tile i; neighbouring tiles share n - step rows). Read-only: never write to it."""
     xp = get_array_module(a)
     return xp.lib.stride_tricks.as_strided(a, shape=(count, n) + a.shape[1:],
-                                           strides=(2 * a.strides[0],) + a.strides)
+                                           strides=(step * a.strides[0],) + a.strides)
 
 
-def _input_transform(d, bt, v):
-    """V = B^T d B for every n x n tile (stride 2) of d (2 th + n - 2, 2 tw + n - 2, K), written into
+def _input_transform(d, bt, m: int, v):
+    """V = B^T d B for every n x n tile (stride m) of d (m th + n - m, m tw + n - m, K), written into
     v (n, n, th, tw, K): two stages of small products (rows, then columns)."""
     xp = get_array_module(d)
     n, th, tw, k = v.shape[1:]
-    rows = _overlapping_rows(d.reshape(d.shape[0], -1), th, n)  # (th, n r, (2 tw + n - 2) K)
-    across = xp.matmul(bt, rows).reshape(th, n, d.shape[1], k)  # (th, n xi, 2 tw + n - 2, K)
-    cols = _overlapping_rows(across.transpose(2, 0, 1, 3), tw, n)  # (tw, n s, th, n xi, K)
+    rows = _overlapping_rows(d.reshape(d.shape[0], -1), th, n, m)  # (th, n r, (m tw + n - m) K)
+    across = xp.matmul(bt, rows).reshape(th, n, d.shape[1], k)  # (th, n xi, m tw + n - m, K)
+    cols = _overlapping_rows(across.transpose(2, 0, 1, 3), tw, n, m)  # (tw, n s, th, n xi, K)
     xp.matmul(bt, cols.transpose(2, 3, 0, 1, 4), out=v.transpose(2, 0, 3, 1, 4))  # (th, xi, tw, nu, K)
 
 
 def _output_transform(mm, at, y):
-    """y = A^T M A for every tile: mm (n, n, th, tw, K) -> y (2 th, 2 tw, K)."""
+    """y = A^T M A for every tile: mm (n, n, th, tw, K) -> y (m th, m tw, K), A^T (m, n)."""
     xp = get_array_module(mm)
     n, _, th, tw, k = mm.shape
-    rows = xp.matmul(at, mm.reshape(n, -1)).reshape(2, n, th * tw * k)  # (2 a, n nu, ...)
-    both = xp.matmul(at, rows).reshape(2, 2, th, tw, k)  # (a, b, th, tw, K)
-    y.reshape(th, 2, tw, 2, k)[...] = both.transpose(2, 0, 3, 1, 4)
+    m = at.shape[0]
+    rows = xp.matmul(at, mm.reshape(n, -1)).reshape(m, n, th * tw * k)  # (m a, n nu, ...)
+    both = xp.matmul(at, rows).reshape(m, m, th, tw, k)  # (a, b, th, tw, K)
+    y.reshape(th, m, tw, m, k)[...] = both.transpose(2, 0, 3, 1, 4)
 
 
 def _output_gradient_transform(g, at, dm):
-    """dM = A g A^T for every 2x2 tile of g (2 th, 2 tw, K), written into dm (n, n, th, tw, K): the
+    """dM = A g A^T for every m x m tile of g (m th, m tw, K), written into dm (n, n, th, tw, K): the
     adjoint of ``_output_transform``."""
     xp = get_array_module(g)
     n, _, th, tw, k = dm.shape
-    tiles = g.reshape(th, 2, tw, 2, k).transpose(1, 3, 0, 2, 4)  # (a, b, th, tw, K)
-    a_mat = xp.ascontiguousarray(at.T)  # (n, 2)
-    rows = xp.matmul(a_mat, xp.ascontiguousarray(tiles).reshape(2, -1)).reshape(n, 2, -1)  # (xi, b, ...)
+    m = at.shape[0]
+    tiles = g.reshape(th, m, tw, m, k).transpose(1, 3, 0, 2, 4)  # (a, b, th, tw, K)
+    a_mat = xp.ascontiguousarray(at.T)  # (n, m)
+    rows = xp.matmul(a_mat, xp.ascontiguousarray(tiles).reshape(m, -1)).reshape(n, m, -1)  # (xi, b, ...)
     xp.matmul(a_mat, rows, out=dm.reshape(n, n, -1))
 
 
-def _input_gradient_transform(dv, bt, dd):
-    """dd += B dV B^T for every tile, added onto the overlapping n x n tiles (stride 2) of
-    dd (2 th + n - 2, 2 tw + n - 2, K): the adjoint of ``_input_transform``. dv (n, n, th, tw, K)."""
+def _input_gradient_transform(dv, bt, m: int, dd):
+    """dd += B dV B^T for every tile, added onto the overlapping n x n tiles (stride m) of
+    dd (m th + n - m, m tw + n - m, K): the adjoint of ``_input_transform``. dv (n, n, th, tw, K)."""
     xp = get_array_module(dv)
     n, _, th, tw, k = dv.shape
     b_mat = xp.ascontiguousarray(bt.T)
@@ -171,35 +186,38 @@ def _input_gradient_transform(dv, bt, dd):
     tiles = xp.matmul(b_mat, cols.reshape(n, -1)).reshape(n, n, th, tw, k)  # (r, s, th, tw, K)
     for r in range(n):
         for c in range(n):
-            dd[r:r + 2 * th:2, c:c + 2 * tw:2] += tiles[r, c]
+            dd[r:r + m * th:m, c:c + m * tw:m] += tiles[r, c]
 
 
-def _kron_g(xp, r: int, dtype):
+def _kron_g(xp, key: tuple, dtype):
     """G (x) G (n^2, r^2): row (xi, nu), column (a, b) of the kernel, so that vec(G g G^T) = K vec(g)."""
-    g = _MATRICES[r][1]
+    g = _MATRICES[key][1]
     return xp.asarray(np.kron(g, g), dtype=dtype)
 
 
-def kernel_transform(W):
-    """U = G g G^T for every (output, input) kernel g: W (O, C, r, r) -> U (n^2, O, C), as one product
-    with G (x) G (a batch of tiny products measured 12 times slower for 128 x 128 3x3 kernels)."""
+def kernel_transform(W, m: int, transposed: bool = False):
+    """U = G g G^T for every (output, input) kernel g of F(m, r): W (O, C, r, r) -> U (n^2, O, C), or
+    (n^2, C, O) when ``transposed``; one product with G (x) G (a batch of tiny products measured 12
+    times slower for 128 x 128 3x3 kernels)."""
     xp = get_array_module(W)
     o, c, r = W.shape[:3]
+    kernels = (W.swapaxes(0, 1) if transposed else W).reshape(o * c, r * r)  # a small copy if swapped
     with one_blas_thread(xp):  # OpenBLAS's own threads would spin on the cores the chunks run on next
-        return xp.matmul(_kron_g(xp, r, W.dtype), W.reshape(o * c, r * r).T).reshape(-1, o, c)
+        u = xp.matmul(kernels, _kron_g(xp, (m, r), W.dtype).T)  # (O C, n^2)
+    return xp.ascontiguousarray(u.T).reshape((-1, c, o) if transposed else (-1, o, c))
 
 
-def kernel_gradient(du_t, r: int):
+def kernel_gradient(du_t, m: int, r: int):
     """dW = G^T dU G, the adjoint of ``kernel_transform``: du_t (n^2, C, O) -> dW (O, C, r, r)."""
     xp = get_array_module(du_t)
     _, c, o = du_t.shape
-    du = du_t.transpose(0, 2, 1).reshape(-1, o * c)  # rows (xi, nu), columns (o, c)
     with one_blas_thread(xp):
-        return xp.ascontiguousarray(xp.matmul(du.T, _kron_g(xp, r, du_t.dtype)).reshape(o, c, r, r))
+        dw_t = xp.matmul(_kron_g(xp, (m, r), du_t.dtype).T, du_t.reshape(-1, c * o))  # (r^2, C O)
+    return xp.ascontiguousarray(dw_t.reshape(r, r, c, o).transpose(3, 2, 0, 1))
 
 
 def winograd_conv_forward(x, W, b, padding: tuple):
-    """r x r stride-1 convolution (r = 3 or 5) by Winograd F(2x2, r x r).
+    """r x r stride-1 convolution (r = 3 or 5) by Winograd F(m x m, r x r), m = ``OUTPUT_TILE[r]``.
 
     x (N, C, H, W), W (O, C, r, r), b (O,) or None, padding (ph, pw)
     -> y (N, O, H + 2 ph - r + 1, W + 2 pw - r + 1), and the cache for ``winograd_conv_backward``.
@@ -207,64 +225,69 @@ def winograd_conv_forward(x, W, b, padding: tuple):
     xp = get_array_module(x)
     n, c = x.shape[:2]
     o, r = W.shape[0], W.shape[2]
-    at, _, bt = (xp.asarray(a, dtype=x.dtype) for a in _MATRICES[r])
-    size = r + 1
+    m = OUTPUT_TILE[r]
+    at, _, bt = (xp.asarray(a, dtype=x.dtype) for a in _MATRICES[(m, r)])
+    size = m + r - 1
     padding = tuple(padding)
-    (ho, wo), (th, tw) = _tiles(x.shape, r, padding)
-    u_t = xp.ascontiguousarray(kernel_transform(W).transpose(0, 2, 1))  # (n^2, C, O)
+    (ho, wo), (th, tw) = _tiles(x.shape, m, r, padding)
+    u_t = kernel_transform(W, m, transposed=True)  # (n^2, C, O)
     y = xp.empty((n, o, ho, wo), dtype=x.dtype)
 
     def work(n0, n1):
-        m = n1 - n0
-        tiles = th * tw * m
-        v = xp.empty((size, size, th, tw, m * c), dtype=x.dtype)
-        _input_transform(_grid_last(xp, x[n0:n1], padding, (2 * th + r - 1, 2 * tw + r - 1)), bt, v)
+        items = n1 - n0
+        tiles = th * tw * items
+        v = xp.empty((size, size, th, tw, items * c), dtype=x.dtype)
+        grid = _grid_last(xp, x[n0:n1], padding, (m * th + r - 1, m * tw + r - 1))
+        _input_transform(grid, bt, m, v)
         mm = xp.matmul(v.reshape(size * size, tiles, c), u_t)  # (n^2, tiles, O)
-        y_grid = xp.empty((2 * th, 2 * tw, m * o), dtype=x.dtype)
-        _output_transform(mm.reshape(size, size, th, tw, m * o), at, y_grid)
+        y_grid = xp.empty((m * th, m * tw, items * o), dtype=x.dtype)
+        _output_transform(mm.reshape(size, size, th, tw, items * o), at, y_grid)
         _grid_first(xp, y_grid, y[n0:n1])
         if b is not None:
             y[n0:n1] += b.reshape(o, 1, 1)
 
     map_chunks(xp, work, _chunks(xp, n, size * size * max(c, o) * th * tw))
-    return y, (x, u_t, r, padding)
+    return y, (x, W, padding)
 
 
 def winograd_conv_backward(dout, cache, need_dx: bool = True):
     """Mirror of ``winograd_conv_forward``: dout (N, O, Ho, Wo) -> (dx (N, C, H, W) or None,
     dW (O, C, r, r), db (O,))."""
     xp = get_array_module(dout)
-    x, u_t, r, padding = cache
+    x, W, padding = cache
     n, c, h, w = x.shape
-    o = dout.shape[1]
-    at, _, bt = (xp.asarray(a, dtype=dout.dtype) for a in _MATRICES[r])
-    size = r + 1
-    _, (th, tw) = _tiles(x.shape, r, padding)
-    grid = (2 * th + r - 1, 2 * tw + r - 1)
-    u = xp.ascontiguousarray(u_t.transpose(0, 2, 1)) if need_dx else None  # (n^2, O, C)
+    o, r = dout.shape[1], W.shape[2]
+    m = OUTPUT_TILE[r]
+    at, _, bt = (xp.asarray(a, dtype=dout.dtype) for a in _MATRICES[(m, r)])
+    size = m + r - 1
+    _, (th, tw) = _tiles(x.shape, m, r, padding)
+    grid = (m * th + r - 1, m * tw + r - 1)
+    u = kernel_transform(W, m) if need_dx else None  # (n^2, O, C)
     dx = xp.empty(x.shape, dtype=dout.dtype) if need_dx else None
 
     def work(n0, n1):
-        m = n1 - n0
-        tiles = th * tw * m
-        dm = xp.empty((size, size, th, tw, m * o), dtype=dout.dtype)
-        _output_gradient_transform(_grid_last(xp, dout[n0:n1], (0, 0), (2 * th, 2 * tw)), at, dm)
+        items = n1 - n0
+        tiles = th * tw * items
+        dm = xp.empty((size, size, th, tw, items * o), dtype=dout.dtype)
+        dy = _grid_last(xp, dout[n0:n1], (0, 0), (m * th, m * tw))
+        db = dy.reshape(-1, items, o).sum(axis=(0, 1))  # here, while the chunk is in the cache
+        _output_gradient_transform(dy, at, dm)
         dm = dm.reshape(size * size, tiles, o)
-        v = xp.empty((size, size, th, tw, m * c), dtype=dout.dtype)
-        _input_transform(_grid_last(xp, x[n0:n1], padding, grid), bt, v)
+        v = xp.empty((size, size, th, tw, items * c), dtype=dout.dtype)
+        _input_transform(_grid_last(xp, x[n0:n1], padding, grid), bt, m, v)
         v = v.reshape(size * size, tiles, c)
         du_t = xp.matmul(v.transpose(0, 2, 1), dm)  # (n^2, C, O)
         if need_dx:
             dv = xp.matmul(dm, u, out=v)  # (n^2, tiles, C); v is spent: reuse its memory
-            dd = xp.zeros(grid + (m * c,), dtype=dout.dtype)
-            _input_gradient_transform(dv.reshape(size, size, th, tw, m * c), bt, dd)
+            dd = xp.zeros(grid + (items * c,), dtype=dout.dtype)
+            _input_gradient_transform(dv.reshape(size, size, th, tw, items * c), bt, m, dd)
             ph, pw = padding
             _grid_first(xp, dd[ph:ph + h, pw:pw + w], dx[n0:n1])
-        return du_t
+        return du_t, db
 
     parts = map_chunks(xp, work, _chunks(xp, n, size * size * max(c, o) * th * tw))
-    du_t = parts[0]
-    for part in parts[1:]:
-        du_t += part
-    db = dout.reshape(n, o, -1).sum(axis=2).sum(axis=0)
-    return dx, kernel_gradient(du_t, r), db
+    du_t, db = parts[0]
+    for part_du, part_db in parts[1:]:
+        du_t += part_du
+        db += part_db
+    return dx, kernel_gradient(du_t, m, r), db
