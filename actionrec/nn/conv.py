@@ -138,8 +138,11 @@ class _ConvND(Layer):
     def forward(self, x, training=False):
         out_shape = self.output_shape(x.shape)  # validates
         self._cache = None  # free the previous batch's cache before building this one
-        if self.ndim == 2 and winograd_applies(self.kernel_size, self.stride, self.groups, self.in_channels,
-                                               self.out_channels):
+        # Winograd on the CPU only: on the GPU cuBLAS runs im2col's GEMMs near its peak, and the CuPy path
+        # of the Winograd core has not run on a GPU yet (none was lent): the batched core stays there.
+        if (self.ndim == 2 and get_array_module(x) is np
+                and winograd_applies(self.kernel_size, self.stride, self.groups, self.in_channels,
+                                     self.out_channels)):
             out, cache = winograd_conv_forward(x, self.params["W"], self.params.get("b"), self.padding)
             self._cache, self._core = cache, "winograd"
             return out
