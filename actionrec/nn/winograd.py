@@ -114,15 +114,22 @@ def transpose_into(out, x):
 def _grid_last(xp, chunk, padding: tuple, size: tuple):
     """chunk (m, C, H, W) as (Hs, Ws, m C) with the maps placed at offset ``padding`` on a zero grid of
     ``size`` (Hs, Ws): the tile-major layout the transforms work in (every map a long contiguous
-    inner run)."""
+    inner run). The maps are transposed straight into the grid, in blocks of maps about 32 KB large,
+    and only the border is zeroed."""
     m, c, h, w = chunk.shape
     (ph, pw), (hs, ws) = padding, size
-    inner = xp.empty((h * w, m * c), dtype=chunk.dtype)
-    transpose_into(inner, chunk.reshape(m * c, h * w))
-    if (ph, pw, hs, ws) == (0, 0, h, w):
-        return inner.reshape(h, w, m * c)
-    out = xp.zeros((hs, ws, m * c), dtype=chunk.dtype)
-    out[ph:ph + h, pw:pw + w] = inner.reshape(h, w, m * c)
+    k = m * c
+    out = xp.empty((hs, ws, k), dtype=chunk.dtype)
+    for rows, cols in (((0, ph), (0, ws)), ((ph + h, hs), (0, ws)), ((ph, ph + h), (0, pw)),
+                       ((ph, ph + h), (pw + w, ws))):
+        out[rows[0]:rows[1], cols[0]:cols[1]] = 0
+    interior, maps = out[ph:ph + h, pw:pw + w], chunk.reshape(k, h, w)
+    if xp is not np:
+        interior[...] = maps.transpose(1, 2, 0)
+        return out
+    block = max(8, 8192 // (h * w))
+    for i in range(0, k, block):
+        interior[:, :, i:i + block] = maps[i:i + block].transpose(1, 2, 0)
     return out
 
 
