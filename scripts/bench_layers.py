@@ -319,6 +319,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each row keeps its best")
     ap.add_argument("--layers", action="store_true", help="also time each convolution layer alone")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc's malloc as it is (by default freed memory is kept, as in training)")
     args = ap.parse_args(argv)
 
     xp = array_module_for(args.device)
@@ -340,7 +342,7 @@ def main(argv=None):
         def sync():
             return None
 
-    kept = keep_freed_memory()  # as Trainer.fit does: both implementations run in this process
+    kept = False if args.malloc_default else keep_freed_memory()  # as Trainer.fit does, for both
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}, numpy {np.__version__}"
           + (f", torch {torch.__version__} ({args.threads} threads)" if torch else "")

@@ -3,8 +3,8 @@
 A training step allocates and frees the same large arrays (layer outputs, gradients, per-chunk
 scratch) every step. By default glibc hands large freed blocks back to the kernel (``munmap``, or a
 trim of the heap top), so the next step's arrays start on fresh pages and every page costs a fault
-when first written: on the project's virtual machines a MNIST step at batch 128 took about 3,000
-faults and 13-17 ms of system time out of 48-64 ms. Raising malloc's trim threshold and its mmap
+when first written: on the project's virtual machines a MNIST step at batch 128 took 2,900-3,900
+faults and 9-17 ms of system time out of 48-64 ms. Raising malloc's trim threshold and its mmap
 threshold (to glibc's maximum, 32 MiB) keeps those blocks for reuse: 60-160 faults, 40-43 ms
 (``docs/benchmarks.md``). Arrays above 32 MiB still come from ``mmap``.
 
