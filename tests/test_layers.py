@@ -162,6 +162,19 @@ def test_batchnorm_matches_loop_reference(rng):
     np.testing.assert_allclose(y_eval, (x - rm[None, :, None]) / np.sqrt(rv[None, :, None] + 1e-3))
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_batchnorm_float32_statistics_survive_a_large_mean(offset, rng):
+    """One-pass moments in float32: a mean 1000 times the spread must not cancel the variance away."""
+    x = (rng.standard_normal((16, 3, 8, 8)) + offset).astype(np.float32)
+    layer = BatchNorm(3, momentum=1.0)
+    y = layer.forward(x, training=True)
+    exact = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1)
+    np.testing.assert_allclose(layer.buffers["running_mean"], exact.mean(axis=1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(layer.buffers["running_var"], exact.var(axis=1, ddof=1), rtol=1e-4)
+    reference = (x - exact.mean(axis=1)[None, :, None, None]) / np.sqrt(exact.var(axis=1)[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(y, reference, atol=1e-3)
+
+
 def test_batchnorm_errors():
     with pytest.raises(ShapeError, match=r"\(N, 3, \.\.\.\)"):
         BatchNorm(3).forward(np.zeros((2, 4), np.float32))

@@ -29,13 +29,21 @@ def train(model, optimizer, x, y, steps):
     return losses
 
 
-@pytest.mark.parametrize("opt_name, lr, batchnorm", [("adam", 0.01, False), ("sgd", 0.1, True)])
-def test_mlp_learns_two_spirals(opt_name, lr, batchnorm):
+# Settings that converge for every initialisation tried (5 seeds each, final loss < 0.05). Full-batch
+# SGD with Nesterov momentum at lr 0.1 through BatchNorm is chaotic here: two float64 runs that differ
+# by 1e-10 after 50 steps differ by 1e-3 after 100, so whether step 400 landed on a spike depended on
+# rounding, not on the layers.
+@pytest.mark.parametrize("opt_name, kw, batchnorm", [
+    ("adam", {"lr": 0.01}, False),
+    ("sgd", {"lr": 0.3, "momentum": 0.9, "nesterov": True}, False),
+    ("adam", {"lr": 0.01}, True),
+    ("sgd", {"lr": 0.1, "momentum": 0.9}, True),
+])
+def test_mlp_learns_two_spirals(opt_name, kw, batchnorm):
     x, y = two_spirals()
     hidden = [BatchNorm(32)] if batchnorm else []
     model = Sequential([Dense(2, 32, rng=0), Tanh(), Dense(32, 32, rng=1), *hidden, Tanh(), Dense(32, 2, rng=2)])
-    kw = {"momentum": 0.9, "nesterov": True} if opt_name == "sgd" else {}
-    losses = train(model, make_optimizer(opt_name, lr=lr, **kw), x, y, steps=400)
+    losses = train(model, make_optimizer(opt_name, **kw), x, y, steps=400)
     assert losses[0] > 0.6  # starts near chance (log 2)
     assert losses[-1] < 0.1, losses[::50]
     accuracy = (model.predict(x).argmax(axis=1) == y).mean()

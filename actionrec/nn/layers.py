@@ -135,13 +135,20 @@ class ReLU(Layer):
         self._positive = None
 
     def forward(self, x, training: bool = False):
-        """x (any shape) -> y = max(x, 0), same shape."""
+        """x (any shape) -> y = max(x, 0), same shape.
+
+        The mask for backward (y > 0, exactly where x > 0) is taken from y per cache-sized block while
+        the block is still in the cache: x is read from memory once, not twice.
+        """
         xp = get_array_module(x)
         positive, y = xp.empty(x.shape, dtype=bool), xp.empty_like(x)
 
         def work(s, e):
-            xp.greater(x[s:e], 0, out=positive[s:e])
-            xp.multiply(x[s:e], positive[s:e], out=y[s:e])
+            items = max(1, _BLOCK_ELEMENTS // max(1, x[:1].size))
+            for a in range(s, e, items):
+                z = min(e, a + items)
+                xp.maximum(x[a:z], 0, out=y[a:z])
+                xp.greater(y[a:z], 0, out=positive[a:z])
 
         over_batch(xp, work, x.shape[0], x.size)
         self._positive = positive
@@ -151,6 +158,11 @@ class ReLU(Layer):
         """dy (same shape) -> dx = dy where x > 0, else 0 (subgradient 0 at the kink)."""
         xp = get_array_module(dy)
         return elementwise(xp, xp.multiply, xp.empty_like(dy), dy, self._positive)
+
+
+# Items per block of ReLU's forward: about this many elements (256 KB of float32), so the mask is
+# taken from a block of y still in the cache.
+_BLOCK_ELEMENTS = 1 << 16
 
 
 @register_layer

@@ -52,23 +52,29 @@ class BatchNorm(Layer):
         """
         self._check(x)
         xp = get_array_module(x)
-        shape = (1, -1) + (1,) * (x.ndim - 2)  # broadcast a (C,) vector against x
         count = x.size // self.num_features
         n = x.shape[0]
         if training:
             if count < 2:
                 raise ShapeError(f"{self.name}: BatchNorm in training needs more than one value per channel, "
                                  f"got input {tuple(x.shape)} (use a batch size > 1)")
-            mean = sum(over_batch(xp, lambda s, e: _channel_sum(x[s:e]), n, x.size)) / count
+            # One pass over x for both moments: each cache-sized block is centred on a shift near the
+            # mean (the first item's channel means) in a small buffer, whose sum and sum of squares
+            # come from the cache; the shift keeps E[d^2] - E[d]^2 free of cancellation.
+            shift = _channel_map(_channel_sum(x[:1]) / (count // n), x)
 
-            def squares(s, e):  # the centred block lives in a small buffer only
-                total = 0
+            def moments(s, e):
+                total = squares = 0
                 for a, z, centred in _blocks(s, e, x):
-                    xp.subtract(x[a:z], mean.reshape(shape), out=centred)
-                    total = total + _channel_dot(centred, centred)
-                return total
+                    xp.subtract(x[a:z], shift, out=centred)
+                    total = total + _channel_sum(centred).astype(xp.float64)
+                    squares = squares + _channel_dot(centred, centred).astype(xp.float64)
+                return total, squares
 
-            var = sum(over_batch(xp, squares, n, x.size)) / count
+            parts = over_batch(xp, moments, n, x.size)
+            offset_mean = sum(p[0] for p in parts) / count
+            var = (sum(p[1] for p in parts) / count - offset_mean**2).clip(0).astype(x.dtype)
+            mean = (shift.reshape(self.num_features, -1)[:, 0] + offset_mean).astype(x.dtype)
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - m
@@ -82,14 +88,15 @@ class BatchNorm(Layer):
         slope = (self.params["W"] * inv_std).astype(x.dtype, copy=False)
         offset = (self.params["b"] - mean * slope).astype(x.dtype, copy=False)
         y = xp.empty_like(x)
+        slope, offset = _channel_map(slope, x), _channel_map(offset, x)
 
         def normalise(s, e):
             for a, z, _ in _blocks(s, e, x, buffer=False):
-                xp.multiply(x[a:z], slope.reshape(shape), out=y[a:z])
-                y[a:z] += offset.reshape(shape)
+                xp.multiply(x[a:z], slope, out=y[a:z])
+                y[a:z] += offset
 
         over_batch(xp, normalise, n, x.size)
-        self._cache = (x, mean, inv_std, count, shape, training)
+        self._cache = (x, mean, inv_std, count, training)
         return y
 
     def backward(self, dy):
@@ -100,14 +107,15 @@ class BatchNorm(Layer):
         they are constants and dx is a per-channel scaling of dy.
         """
         xp = get_array_module(dy)
-        x, mean, inv_std, count, shape, training = self._cache
+        x, mean, inv_std, count, training = self._cache
         n = dy.shape[0]
+        mean_map = _channel_map(mean, x)
 
         def sums(s, e):  # sum(dy) and sum(dy * (x - mean)) per channel, the centred block in a buffer
             db = dw = 0
             for a, z, centred in _blocks(s, e, x):
                 db = db + _channel_sum(dy[a:z])
-                dw = dw + _channel_dot(dy[a:z], xp.subtract(x[a:z], mean.reshape(shape), out=centred))
+                dw = dw + _channel_dot(dy[a:z], xp.subtract(x[a:z], mean_map, out=centred))
             return db, dw
 
         parts = over_batch(xp, sums, n, dy.size)
@@ -116,17 +124,19 @@ class BatchNorm(Layer):
         scale = self.params["W"] * inv_std
         dx = xp.empty_like(dy)
         if not training:
-            return elementwise(xp, lambda a, out: xp.multiply(a, scale.reshape(shape), out=out), dx, dy)
+            scale = _channel_map(scale, dy)
+            return elementwise(xp, lambda a, out: xp.multiply(a, scale, out=out), dx, dy)
         # dx = scale * (dy - db / count - x_hat * dW / count), x_hat = (x - mean) * inv_std, as
         # x * slope + dy * scale + offset with per-channel slope and offset: four passes per block
-        slope = (-scale * inv_std * dW / count).astype(dy.dtype, copy=False)
-        offset = (-scale * db / count - mean * slope).astype(dy.dtype, copy=False)
+        slope = -scale * inv_std * dW / count
+        offset = -scale * db / count - mean * slope
+        slope, offset, scale = (_channel_map(v, dy) for v in (slope, offset, scale))
 
         def combine(s, e):
             for a, z, scaled in _blocks(s, e, x):
-                xp.multiply(x[a:z], slope.reshape(shape), out=dx[a:z])
-                dx[a:z] += offset.reshape(shape)
-                dx[a:z] += xp.multiply(dy[a:z], scale.reshape(shape), out=scaled)
+                xp.multiply(x[a:z], slope, out=dx[a:z])
+                dx[a:z] += offset
+                dx[a:z] += xp.multiply(dy[a:z], scale, out=scaled)
 
         over_batch(xp, combine, n, dy.size)
         return dx
@@ -149,10 +159,21 @@ def _blocks(start: int, end: int, a, buffer: bool = True):
         yield s, e, None if scratch is None else scratch[:e - s]
 
 
+def _channel_map(v, like):
+    """A (C,) vector as a contiguous (1, C, *S) array for ``like`` (N, C, *S): per-channel operands
+    spelled out over one item. numpy's element-wise loops run about 1.5-3 times faster on it than on
+    a broadcast (1, C, 1, 1) operand (whose inner runs stop at every map)."""
+    xp = get_array_module(like)
+    shape = (1, -1) + (1,) * (like.ndim - 2)
+    return xp.ascontiguousarray(xp.broadcast_to(v.astype(like.dtype, copy=False).reshape(shape),
+                                                (1,) + like.shape[1:]))
+
+
 def _channel_sum(a):
-    """a (N, C, *S) -> (C,): sums of every channel, reduced along contiguous runs (many times faster
-    than a reduction over axes (0, 2, 3) of a 4-d array)."""
-    return a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2).sum(axis=0)
+    """a (N, C, *S) -> (C,): sums of every channel (einsum's summing loop: 2-3 times faster than
+    ``sum`` along the map axis, and many times faster than a reduction over axes (0, 2, 3))."""
+    xp = get_array_module(a)
+    return xp.einsum("nci->c", a.reshape(a.shape[0], a.shape[1], -1))
 
 
 def _channel_dot(a, b):
