@@ -11,18 +11,21 @@ import numpy as np
 
 
 def numerical_gradient(f, x, dy, eps: float = 1e-6):
-    """d(sum(f(x) * dy))/dx by centred differences; ``x`` is perturbed in place and restored."""
-    grad = np.zeros_like(x)
-    flat_x = x.reshape(-1)
-    flat_g = grad.reshape(-1)
-    for i in range(flat_x.size):
-        old = flat_x[i]
-        flat_x[i] = old + eps
+    """d(sum(f(x) * dy))/dx by centred differences; ``x`` is perturbed in place and restored.
+
+    Elements are addressed by index, so ``x`` may have any memory layout (a channels-last array's
+    flat reshape would be a copy, and perturbing a copy would perturb nothing)."""
+    grad = np.zeros(x.shape, dtype=x.dtype)
+    # a C-contiguous x is walked through flat views (faster); any other by index
+    target, out = (x.reshape(-1), grad.reshape(-1)) if x.flags.c_contiguous else (x, grad)
+    for i in np.ndindex(target.shape):
+        old = target[i]
+        target[i] = old + eps
         plus = float(np.sum(f() * dy))
-        flat_x[i] = old - eps
+        target[i] = old - eps
         minus = float(np.sum(f() * dy))
-        flat_x[i] = old
-        flat_g[i] = (plus - minus) / (2 * eps)
+        target[i] = old
+        out[i] = (plus - minus) / (2 * eps)
     return grad
 
 

@@ -12,6 +12,7 @@ from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.init import _rng, initial_weights
+from actionrec.nn.layout import empty_in_layout, lies_channels_last
 from actionrec.nn.parallel import elementwise, matmul, over_batch
 
 
@@ -87,15 +88,23 @@ class Flatten(Layer):
     def __init__(self, name: str | None = None):
         super().__init__(name)
         self._shape = None
+        self._channels_last = False
 
     def forward(self, x, training: bool = False):
-        """x (N, d1, d2, ...) -> y (N, d1 * d2 * ...)."""
+        """x (N, d1, d2, ...) -> y (N, d1 * d2 * ...), in (d1, d2, ...) order whatever x's layout
+        (a channels-last x is copied)."""
         self._shape = x.shape
+        self._channels_last = lies_channels_last(x)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        """dy (N, d1 * d2 * ...) -> dx (N, d1, d2, ...)."""
-        return dy.reshape(self._shape)
+        """dy (N, d1 * d2 * ...) -> dx (N, d1, d2, ...), laid out as x was: the layers before a
+        channels-last x then run on one layout (mixed layouts make numpy's loops stride)."""
+        if not self._channels_last:
+            return dy.reshape(self._shape)
+        dx = empty_in_layout(get_array_module(dy), self._shape, dy.dtype, last=True)
+        dx[...] = dy.reshape(self._shape)
+        return dx
 
 
 def _tanh_grad(dy, y, out):
@@ -141,7 +150,7 @@ class ReLU(Layer):
         the block is still in the cache: x is read from memory once, not twice.
         """
         xp = get_array_module(x)
-        positive, y = xp.empty(x.shape, dtype=bool), xp.empty_like(x)
+        positive, y = xp.empty_like(x, dtype=bool), xp.empty_like(x)  # both laid out as x
 
         def work(s, e):
             items = max(1, _BLOCK_ELEMENTS // max(1, x[:1].size))

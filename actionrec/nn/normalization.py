@@ -122,15 +122,15 @@ class BatchNorm(Layer):
         db, dW = sum(p[0] for p in parts), sum(p[1] for p in parts) * inv_std  # dW = sum(dy * x_hat)
         self.grads["b"], self.grads["W"] = db, dW
         scale = self.params["W"] * inv_std
-        dx = xp.empty_like(dy)
         if not training:
             scale = _channel_map(scale, dy)
-            return elementwise(xp, lambda a, out: xp.multiply(a, scale, out=out), dx, dy)
+            return elementwise(xp, lambda a, out: xp.multiply(a, scale, out=out), xp.empty_like(dy), dy)
+        dx = xp.empty_like(x, dtype=dy.dtype)  # laid out as x (and as dy, when the next layer kept it)
         # dx = scale * (dy - db / count - x_hat * dW / count), x_hat = (x - mean) * inv_std, as
         # x * slope + dy * scale + offset with per-channel slope and offset: four passes per block
         slope = -scale * inv_std * dW / count
         offset = -scale * db / count - mean * slope
-        slope, offset, scale = (_channel_map(v, dy) for v in (slope, offset, scale))
+        slope, offset, scale = (_channel_map(v, dx) for v in (slope, offset, scale))
 
         def combine(s, e):
             for a, z, scaled in _blocks(s, e, x):
@@ -149,35 +149,53 @@ _BLOCK_ELEMENTS = 1 << 18
 
 def _blocks(start: int, end: int, a, buffer: bool = True):
     """[(a0, a1, scratch)] blocks of whole items of ``a`` covering start..end, each with a scratch array
-    of the block's shape (one buffer, reused; None when ``buffer`` is False)."""
+    of the block's shape and memory layout (one buffer, reused; None when ``buffer`` is False)."""
     xp = get_array_module(a)
     per_item = max(1, a[:1].size)
     step = max(1, min(end - start, _BLOCK_ELEMENTS // per_item))
-    scratch = xp.empty((step,) + a.shape[1:], dtype=a.dtype) if buffer else None
+    scratch = xp.empty_like(a[:step]) if buffer else None
     for s in range(start, end, step):
         e = min(end, s + step)
         yield s, e, None if scratch is None else scratch[:e - s]
 
 
 def _channel_map(v, like):
-    """A (C,) vector as a contiguous (1, C, *S) array for ``like`` (N, C, *S): per-channel operands
-    spelled out over one item. numpy's element-wise loops run about 1.5-3 times faster on it than on
-    a broadcast (1, C, 1, 1) operand (whose inner runs stop at every map)."""
+    """A (C,) vector as a (1, C, *S) array for ``like`` (N, C, *S), spelled out over one item in the
+    memory layout of ``like`` (C order or channels-last): numpy's element-wise loops run about
+    1.5-3 times faster on it than on a broadcast (1, C, 1, 1) operand (whose inner runs stop at every
+    map), and an operand laid out as x keeps them running in memory order."""
     xp = get_array_module(like)
-    shape = (1, -1) + (1,) * (like.ndim - 2)
-    return xp.ascontiguousarray(xp.broadcast_to(v.astype(like.dtype, copy=False).reshape(shape),
-                                                (1,) + like.shape[1:]))
+    out = xp.empty_like(like[:1])
+    out[...] = v.astype(like.dtype, copy=False).reshape((1, -1) + (1,) * (like.ndim - 2))
+    return out
+
+
+def _by_channel(a):
+    """a (N, C, *S) as a 2-d or 3-d view and its einsum letters, without a copy for either layout:
+    (N, C, P) "nci" in C order; channels-last, (rows, k C) "rkc" with k positions of all C channels
+    per row (k divides N P, k C about 1024), since einsum sums short C-long runs slowly."""
+    xp = get_array_module(a)
+    n, c = a.shape[:2]
+    last = xp.moveaxis(a, 1, -1)
+    if a.ndim > 2 and not a.flags.c_contiguous and last.flags.c_contiguous:
+        positions = a.size // c
+        k = max(d for d in range(1, max(1, 1024 // c) + 1) if positions % d == 0)
+        return last.reshape(-1, k, c), "rkc"
+    return a.reshape(n, c, -1), "nci"
 
 
 def _channel_sum(a):
     """a (N, C, *S) -> (C,): sums of every channel (einsum's summing loop: 2-3 times faster than
     ``sum`` along the map axis, and many times faster than a reduction over axes (0, 2, 3))."""
-    xp = get_array_module(a)
-    return xp.einsum("nci->c", a.reshape(a.shape[0], a.shape[1], -1))
+    view, letters = _by_channel(a)
+    return get_array_module(a).einsum(f"{letters}->c", view)
 
 
 def _channel_dot(a, b):
-    """(C,) sums of a * b per channel, without the product array."""
+    """(C,) sums of a * b per channel, without the product array (a and b in either layout)."""
     xp = get_array_module(a)
-    n, c = a.shape[:2]
-    return xp.einsum("nci,nci->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+    (va, la), (vb, lb) = _by_channel(a), _by_channel(b)
+    if la != lb:  # mixed layouts: einsum pairs the axes (slower, correct)
+        return xp.einsum("nci,nic->c", a.reshape(a.shape[0], a.shape[1], -1),
+                         xp.moveaxis(b, 1, -1).reshape(b.shape[0], -1, b.shape[1]))
+    return xp.einsum(f"{la},{lb}->c", va, vb)

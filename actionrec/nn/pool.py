@@ -17,6 +17,7 @@ from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.im2col import as_tuple, fold_add, output_size, window_view
 from actionrec.nn.init import initial_weights
+from actionrec.nn.layout import empty_in_layout, empty_like_layout, lies_channels_last
 from actionrec.nn.parallel import map_chunks, over_batch
 
 _AXES = {2: "(N, C, H, W)", 3: "(N, C, T, H, W)"}
@@ -83,7 +84,7 @@ def _first_max_along(a, axis: int, kernel: int):
         tap[axis + 1] = t
         return view[tuple(tap)]
 
-    best = at(0).copy()
+    best = xp.copy(at(0), order="K")  # keeps the input's layout (C order or channels-last)
     winner = xp.zeros(best.shape, dtype=xp.uint8)
     for t in range(1, kernel):
         greater = at(t) > best
@@ -117,8 +118,8 @@ class _MaxPoolND(_PoolND):
     def forward(self, x, training=False):
         out_shape = self.output_shape(x.shape)  # validates
         xp = get_array_module(x)
-        if self._separable():  # chunks of the batch on every core
-            y = xp.empty(out_shape, dtype=x.dtype)
+        if self._separable():  # chunks of the batch on every core; y and dx laid out as x
+            y = empty_like_layout(out_shape, x)
 
             def work(s, e):
                 winners, a = [], x[s:e]
@@ -128,7 +129,7 @@ class _MaxPoolND(_PoolND):
                 y[s:e] = a
                 return s, e, winners[::-1]
 
-            self._cache = ("separable", over_batch(xp, work, x.shape[0], x.size), x.shape)
+            self._cache = ("separable", over_batch(xp, work, x.shape[0], x.size), x.shape, lies_channels_last(x))
             return y
         windows = self._windows(x)  # (N, C, *S', *kernel) view
         taps = self._taps()
@@ -138,14 +139,15 @@ class _MaxPoolND(_PoolND):
             values = windows[(Ellipsis,) + tap]
             xp.copyto(winner, index, where=values > y)  # strictly greater: the first maximum wins
             xp.maximum(y, values, out=y)
-        self._cache = ("taps", winner, x.shape)
+        self._cache = ("taps", winner, x.shape, False)
         return y
 
     def backward(self, dy):
         xp = get_array_module(dy)
-        kind, winner, x_shape = self._cache  # separable: (start, end, one array per axis step) per chunk
+        # separable: (start, end, one array per axis step) per chunk, and whether x was channels-last
+        kind, winner, x_shape, last = self._cache
         if kind == "separable":
-            dx = (xp.empty if x_shape[-1] % self.kernel_size[-1] == 0 else xp.zeros)(x_shape, dtype=dy.dtype)
+            dx = empty_in_layout(xp, x_shape, dy.dtype, last, zero=x_shape[-1] % self.kernel_size[-1] != 0)
 
             def work(s, e, winners):  # undo the axis steps, first spatial axis first
                 grad = dy[s:e]
@@ -156,7 +158,7 @@ class _MaxPoolND(_PoolND):
                         spread = dx[s:e]
                     else:
                         full = grad.shape[axis] * k == shape[axis]
-                        spread = (xp.empty if full else xp.zeros)(shape, dtype=dy.dtype)
+                        spread = empty_in_layout(xp, shape, dy.dtype, last, zero=not full)
                     view = _split_axis(spread, axis, k, k)
                     for t in range(k):
                         xp.multiply(grad, won == t, out=view[(slice(None),) * (axis + 1) + (t,)])

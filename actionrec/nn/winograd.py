@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from actionrec.backend import get_array_module
+from actionrec.nn.layout import channels_last, empty_like_layout
 from actionrec.nn.parallel import item_chunks, map_chunks, one_blas_thread
 
 # Transformed-domain elements (n^2 x channels x tiles) per chunk: about 2 MB of float32, so that the
@@ -114,8 +115,8 @@ def transpose_into(out, x):
 def _grid_last(xp, chunk, padding: tuple, size: tuple):
     """chunk (m, C, H, W) as (Hs, Ws, m C) with the maps placed at offset ``padding`` on a zero grid of
     ``size`` (Hs, Ws): the tile-major layout the transforms work in (every map a long contiguous
-    inner run). The maps are transposed straight into the grid, in blocks of maps about 32 KB large,
-    and only the border is zeroed."""
+    inner run). A channels-last chunk is copied in runs of C values (no transpose); a C-order one is
+    transposed straight into the grid, in blocks of maps about 32 KB large. Only the border is zeroed."""
     m, c, h, w = chunk.shape
     (ph, pw), (hs, ws) = padding, size
     k = m * c
@@ -123,7 +124,11 @@ def _grid_last(xp, chunk, padding: tuple, size: tuple):
     for rows, cols in (((0, ph), (0, ws)), ((ph + h, hs), (0, ws)), ((ph, ph + h), (0, pw)),
                        ((ph, ph + h), (pw + w, ws))):
         out[rows[0]:rows[1], cols[0]:cols[1]] = 0
-    interior, maps = out[ph:ph + h, pw:pw + w], chunk.reshape(k, h, w)
+    interior = out[ph:ph + h, pw:pw + w]
+    if channels_last(chunk) and not chunk.flags.c_contiguous:
+        interior.reshape(h, w, m, c)[...] = chunk.transpose(2, 3, 0, 1)
+        return out
+    maps = chunk.reshape(k, h, w)
     if xp is not np:
         interior[...] = maps.transpose(1, 2, 0)
         return out
@@ -134,9 +139,13 @@ def _grid_last(xp, chunk, padding: tuple, size: tuple):
 
 
 def _grid_first(xp, grid, out):
-    """Inverse of ``_grid_last``: the (h, w) corner of grid (Hs, Ws, m C) into out (m, C, h, w)."""
+    """Inverse of ``_grid_last``: the (h, w) corner of grid (Hs, Ws, m C) into out (m, C, h, w), in
+    runs of C values when ``out`` is channels-last, by a blocked transpose otherwise."""
     m, c, h, w = out.shape
     corner = grid[:h, :w]
+    if channels_last(out) and not out.flags.c_contiguous:
+        out.transpose(2, 3, 0, 1)[...] = corner.reshape(h, w, m, c)
+        return
     if not corner.flags.c_contiguous:
         corner = xp.ascontiguousarray(corner)
     transpose_into(out.reshape(m * c, h * w), corner.reshape(h * w, m * c))
@@ -244,7 +253,8 @@ def winograd_conv_forward(x, W, b, padding: tuple):
     """r x r stride-1 convolution (r = 3 or 5) by Winograd F(m x m, r x r), m = ``OUTPUT_TILE[r]``.
 
     x (N, C, H, W), W (O, C, r, r), b (O,) or None, padding (ph, pw)
-    -> y (N, O, H + 2 ph - r + 1, W + 2 pw - r + 1), and the cache for ``winograd_conv_backward``.
+    -> y (N, O, H + 2 ph - r + 1, W + 2 pw - r + 1), laid out channels-last in memory (see
+    ``channels_last``), and the cache for ``winograd_conv_backward``. x may be laid out either way.
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]
@@ -255,7 +265,10 @@ def winograd_conv_forward(x, W, b, padding: tuple):
     padding = tuple(padding)
     (ho, wo), (th, tw) = _tiles(x.shape, m, r, padding)
     u_t = kernel_transform(W, m, transposed=True)  # (n^2, C, O)
-    y = xp.empty((n, o, ho, wo), dtype=x.dtype)
+    # y is written channels-last: from the tile-major grid that is a copy in runs of O values, where
+    # C order needs a transpose; the layers after it keep the layout (BatchNorm, ReLU, pooling), and
+    # the next Winograd layer reads it the same cheap way.
+    y = xp.moveaxis(xp.empty((n, ho, wo, o), dtype=x.dtype), -1, 1)
 
     def work(n0, n1):
         items = n1 - n0
@@ -275,8 +288,8 @@ def winograd_conv_forward(x, W, b, padding: tuple):
 
 
 def winograd_conv_backward(dout, cache, need_dx: bool = True):
-    """Mirror of ``winograd_conv_forward``: dout (N, O, Ho, Wo) -> (dx (N, C, H, W) or None,
-    dW (O, C, r, r), db (O,))."""
+    """Mirror of ``winograd_conv_forward``: dout (N, O, Ho, Wo), either layout -> (dx (N, C, H, W)
+    laid out as x was, or None; dW (O, C, r, r), db (O,))."""
     xp = get_array_module(dout)
     x, W, padding = cache
     n, c, h, w = x.shape
@@ -287,7 +300,7 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True):
     _, (th, tw) = _tiles(x.shape, m, r, padding)
     grid = (m * th + r - 1, m * tw + r - 1)
     u = kernel_transform(W, m) if need_dx else None  # (n^2, O, C)
-    dx = xp.empty(x.shape, dtype=dout.dtype) if need_dx else None
+    dx = empty_like_layout(x.shape, x, dout.dtype) if need_dx else None  # x's layout
 
     def work(n0, n1):
         items = n1 - n0
