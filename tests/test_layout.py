@@ -122,3 +122,27 @@ def test_numerical_gradient_perturbs_a_channels_last_array():
     x = as_channels_last(np.arange(24, dtype=np.float64).reshape(1, 4, 2, 3))
     grad = numerical_gradient(lambda: x * x, x, np.ones(x.shape))
     np.testing.assert_allclose(grad, 2 * x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("stride, padding, input_grad", [(1, 1, False), (1, 1, True), (2, 0, True), (1, 2, True)])
+def test_batched_core_writes_channels_last_and_reads_either_layout(stride, padding, input_grad, rng):
+    """The im2col core (CIFAR's first layer, strided layers) writes y channels-last; its backward takes
+    dY in either layout with the same results."""
+    x = rng.standard_normal((3, 3, 8, 9))
+    layer = Conv2D(3, 32, 3, stride=stride, padding=padding, dtype="float64", rng=0, input_grad=input_grad)
+    y = layer.forward(x, training=True)
+    assert layer._core == "batched" and lies_channels_last(y)
+    dy = rng.standard_normal(y.shape)
+    grads = []
+    for d in (dy, as_channels_last(dy)):
+        layer.forward(x, training=True)
+        dx = layer.backward(d)
+        grads.append((dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
+    for a, b in zip(*grads):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    # the convolution is linear: a large step has no truncation error and less rounding
+    errors = check_layer_gradients(layer, x, check_input=input_grad, eps=1e-3)
+    assert max(errors.values()) < 1e-6, errors

@@ -34,6 +34,7 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.nn.banded import flipped_kernels
 from actionrec.nn.im2col import output_size, window_view
+from actionrec.nn.layout import lies_channels_last
 from actionrec.nn.parallel import item_chunks, map_chunks
 
 # Column-matrix elements built at once per chunk (whole items, at least one): about 2 MB of float32.
@@ -106,7 +107,8 @@ def batched_conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int):
     """Grouped convolution over the spatial axes of x.
 
     x (N, C, *S), W (O, C/g, *k), b (O,) or None, stride and padding tuples of len(S)
-    -> y (N, O, *S') with S'_i = (S_i + 2 p_i - k_i) // s_i + 1, and the cache for backward.
+    -> y (N, O, *S') with S'_i = (S_i + 2 p_i - k_i) // s_i + 1 (laid out channels-last for 2D layers
+    without groups on the CPU, see ``actionrec.nn.layout``), and the cache for backward.
     """
     xp = get_array_module(x)
     n, o = x.shape[0], W.shape[0]
@@ -116,13 +118,27 @@ def batched_conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int):
     out = tuple(output_size(s, k, st) for s, k, st in zip(xpad.shape[2:], kernel, stride))
     depth, positions = cg * math.prod(kernel), math.prod(out)
     w_mat = W.reshape(groups, og, depth)
-    y = xp.empty((n, o) + out, dtype=x.dtype)
-    y_flat = y.reshape(n, groups, og, positions)
+    # 2D layers without groups on the CPU write y channels-last, (positions, O) per item, as the
+    # Winograd core does: the layers after them keep that layout, so a Winograd layer next reads it
+    # without a transpose, and the same product costs the same either way.
+    last = xp is np and groups == 1 and x.ndim == 4
+    if last:
+        y = xp.moveaxis(xp.empty((n,) + out + (o,), dtype=x.dtype), -1, 1)
+        y_rows = xp.moveaxis(y, 1, -1).reshape(n, positions, o)  # a view: y is channels-last
+    else:
+        y = xp.empty((n, o) + out, dtype=x.dtype)
+        y_flat = y.reshape(n, groups, og, positions)
     bias = None if b is None else b.reshape(o, 1)
 
     def work(n0, n1):
         m = n1 - n0
         cols = xp.empty((cg,) + kernel + (m,) + out, dtype=x.dtype)
+        if last:
+            _unfold(cols, xpad[n0:n1], kernel, stride)
+            xp.matmul(cols.reshape(depth, m, positions).transpose(1, 2, 0), w_mat[0].T, out=y_rows[n0:n1])
+            if bias is not None:
+                y_rows[n0:n1] += b
+            return
         for g in range(groups):
             _unfold(cols, xpad[n0:n1, g * cg:(g + 1) * cg], kernel, stride)
             xp.matmul(w_mat[g], cols.reshape(depth, m, positions).transpose(1, 0, 2), out=y_flat[n0:n1, g])
@@ -191,10 +207,14 @@ def batched_conv_backward(dout, cache, need_dx: bool = True):
     kernel, out = tuple(W.shape[2:]), tuple(dout.shape[2:])
     depth, positions = cg * math.prod(kernel), math.prod(out)
     w_mat = W.reshape(groups, og, depth)
-    dy_flat = dout.reshape(n, groups, og, positions)
     dx = None
     if need_dx and _by_adjoint(x_shape, out, kernel, stride, padding):
         return _backward_by_adjoint(dout, cache)
+    # a channels-last dY without groups gives dW and db straight from its (positions, O) rows; the
+    # input gradient needs it by map (a copy)
+    rows = groups == 1 and lies_channels_last(dout)
+    dy_rows = xp.moveaxis(dout, 1, -1).reshape(n, positions, o) if rows else None
+    dy_flat = xp.ascontiguousarray(dout).reshape(n, groups, og, positions) if need_dx or not rows else None
     w_t = xp.ascontiguousarray(w_mat.transpose(0, 2, 1)) if need_dx else None  # (g, depth, O/g)
     if need_dx:
         dx = xp.zeros(x_shape, dtype=dout.dtype)
@@ -210,11 +230,17 @@ def batched_conv_backward(dout, cache, need_dx: bool = True):
         if need_dx:  # padded chunks are small: fold there (near the caches), then keep the interior
             dx_chunk = dx[n0:n1] if not any(padding) else xp.zeros((m,) + xpad.shape[1:], dtype=dout.dtype)
         for g in range(groups):
-            dy_g = dy_flat[n0:n1, g]  # (m, O/g, P)
-            dy_t = xp.ascontiguousarray(dy_g.transpose(1, 0, 2)).reshape(og, m * positions)
-            db[g] = dy_t.sum(axis=1)
             _unfold(cols, xpad[n0:n1, g * cg:(g + 1) * cg], kernel, stride)
-            xp.matmul(dy_t, cols.reshape(depth, m * positions).T, out=dw[g])
+            if rows:  # (m P, O) rows
+                dy_r = dy_rows[n0:n1].reshape(m * positions, o)
+                db[g] = xp.einsum("ij->j", dy_r)
+                dw[g] = xp.matmul(cols.reshape(depth, m * positions), dy_r).T
+            else:
+                dy_t = xp.ascontiguousarray(dy_flat[n0:n1, g].transpose(1, 0, 2)).reshape(og, m * positions)
+                db[g] = dy_t.sum(axis=1)
+                xp.matmul(dy_t, cols.reshape(depth, m * positions).T, out=dw[g])
+            if need_dx:
+                dy_g = dy_flat[n0:n1, g]  # (m, O/g, P)
             if need_dx and flat:
                 _input_gradient_flat(dx_chunk[:, g * cg:(g + 1) * cg], w_t[g],
                                      dy_g.reshape((m, og) + out), kernel)
