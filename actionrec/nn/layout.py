@@ -16,7 +16,7 @@ from actionrec.backend import get_array_module
 def channels_last(a) -> bool:
     """Whether the maps of a (N, C, *S) array lie channels-last in memory, as (N, *S, C): its channel
     axis moved last is C-contiguous. (An array with one channel or one position is both.)"""
-    return a.ndim >= 3 and get_array_module(a).moveaxis(a, 1, -1).flags.c_contiguous
+    return a.ndim >= 3 and a.transpose((0,) + tuple(range(2, a.ndim)) + (1,)).flags.c_contiguous
 
 
 def lies_channels_last(a) -> bool:
