@@ -200,8 +200,9 @@ def _gradient_grid(th: int, tw: int, m: int, n: int) -> tuple:
 
 
 def _input_gradient_transform(dv, bt, m: int, dd):
-    """dd += B dV B^T for every tile, added onto the overlapping n x n tiles (stride m) of
-    dd (``_gradient_grid``, K): the adjoint of ``_input_transform``. dv (n, n, th, tw, K).
+    """dd = B dV B^T for every tile, summed over the overlapping n x n tiles (stride m) of
+    dd (``_gradient_grid``, K; its contents are overwritten): the adjoint of ``_input_transform``.
+    dv (n, n, th, tw, K).
 
     Tile row r = m a + p lands on grid row m (i + a) + p: seen as (rows / m, m, cols / m, m, K), the
     grid takes the tile rows of one block a (and columns of one block b) for every tile in one add,
@@ -214,9 +215,16 @@ def _input_gradient_transform(dv, bt, m: int, dd):
     tiles = xp.matmul(b_mat, cols.reshape(n, -1)).reshape(n, n, th, tw, k)  # (r, s, th, tw, K)
     blocks = -(-n // m)
     grid = dd.reshape(th + blocks - 1, m, tw + blocks - 1, m, k)  # rows and columns in blocks of m
+    # block (0, 0) of every tile covers the first th x tw blocks of the grid exactly once: it is
+    # assigned, and only the grid past them is zeroed before the other blocks add onto it
+    grid[:th, :, :tw] = tiles[:m, :m].transpose(2, 0, 3, 1, 4)
+    grid[th:] = 0
+    grid[:th, :, tw:] = 0
     for a in range(blocks):
         rows = min(m, n - m * a)
         for b in range(blocks):
+            if a == b == 0:
+                continue
             cols_b = min(m, n - m * b)
             part = tiles[m * a:m * a + rows, m * b:m * b + cols_b].transpose(2, 0, 3, 1, 4)  # (th, p, tw, q, K)
             grid[a:a + th, :rows, b:b + tw, :cols_b] += part
@@ -307,7 +315,8 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True):
         tiles = th * tw * items
         dm = xp.empty((size, size, th, tw, items * o), dtype=dout.dtype)
         dy = _grid_last(xp, dout[n0:n1], (0, 0), (m * th, m * tw))
-        db = dy.reshape(-1, items, o).sum(axis=(0, 1))  # here, while the chunk is in the cache
+        # here, while the chunk is in the cache; einsum's column sums, then over the items
+        db = xp.einsum("ij->j", dy.reshape(-1, items * o)).reshape(items, o).sum(axis=0)
         _output_gradient_transform(dy, at, dm)
         dm = dm.reshape(size * size, tiles, o)
         v = xp.empty((size, size, th, tw, items * c), dtype=dout.dtype)
@@ -316,7 +325,7 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True):
         du_t = xp.matmul(v.transpose(0, 2, 1), dm)  # (n^2, C, O)
         if need_dx:
             dv = xp.matmul(dm, u, out=v)  # (n^2, tiles, C); v is spent: reuse its memory
-            dd = xp.zeros(_gradient_grid(th, tw, m, size) + (items * c,), dtype=dout.dtype)
+            dd = xp.empty(_gradient_grid(th, tw, m, size) + (items * c,), dtype=dout.dtype)
             _input_gradient_transform(dv.reshape(size, size, th, tw, items * c), bt, m, dd)
             ph, pw = padding
             _grid_first(xp, dd[ph:ph + h, pw:pw + w], dx[n0:n1])
