@@ -120,8 +120,9 @@ _PARALLEL_MACS = 1 << 22
 
 
 def matmul(xp, a, b):
-    """a (M, K) @ b (K, P) -> (M, P), rows of ``a`` split over WORKERS threads with one BLAS thread each
-    (small products: one call on one BLAS thread; CuPy: one call).
+    """a (M, K) @ b (K, P) -> (M, P), rows of ``a`` (or, when P > M, columns of ``b``) split over
+    WORKERS threads with one BLAS thread each (small products: one call on one BLAS thread; CuPy:
+    one call).
 
     Keeps OpenBLAS's own threads out of the way: they stall for tens of milliseconds when the cores are
     busy with other work (a 1024 x 256 dense layer measured at 38 ms instead of 1 ms).
@@ -134,10 +135,21 @@ def matmul(xp, a, b):
         with one_blas_thread(xp):
             np.matmul(a, b, out=out)
         return out
-    step = -(-m // WORKERS)
+    p = b.shape[1]
+    if m >= p:
+        step = -(-m // WORKERS)
 
-    def work(s, e):
-        np.matmul(a[s:e], b, out=out[s:e])
+        def work(s, e):
+            np.matmul(a[s:e], b, out=out[s:e])
 
-    map_chunks(xp, work, [(s, min(m, s + step)) for s in range(0, m, step)])
+        map_chunks(xp, work, [(s, min(m, s + step)) for s in range(0, m, step)])
+        return out
+    # few rows (a dense layer at batch 32): split the columns of b instead, so each core reads its own
+    # part of the weights (a 3136 x 256 layer: 0.61 against 0.79 ms forward on this machine)
+    step = -(-p // WORKERS)
+
+    def work_columns(s, e):
+        np.matmul(a, b[:, s:e], out=out[:, s:e])
+
+    map_chunks(xp, work_columns, [(s, min(p, s + step)) for s in range(0, p, step)])
     return out
