@@ -147,22 +147,30 @@ class _MaxPoolND(_PoolND):
         # separable: (start, end, one array per axis step) per chunk, and whether x was channels-last
         kind, winner, x_shape, last = self._cache
         if kind == "separable":
-            dx = empty_in_layout(xp, x_shape, dy.dtype, last, zero=x_shape[-1] % self.kernel_size[-1] != 0)
+            kernel, out = self.kernel_size, dy.shape[2:]
+            remainder = any(s % k for s, k in zip(x_shape[2:], kernel))  # dropped positions get zeros
+            dx = empty_in_layout(xp, x_shape, dy.dtype, last, zero=remainder)
 
-            def work(s, e, winners):  # undo the axis steps, first spatial axis first
-                grad = dy[s:e]
-                for axis, won in enumerate(winners, 2):
-                    k = self.kernel_size[axis - 2]
-                    shape = (e - s,) + x_shape[1:axis + 1] + grad.shape[axis + 1:]
-                    if axis == len(x_shape) - 1:
-                        spread = dx[s:e]
-                    else:
-                        full = grad.shape[axis] * k == shape[axis]
-                        spread = empty_in_layout(xp, shape, dy.dtype, last, zero=not full)
-                    view = _split_axis(spread, axis, k, k)
-                    for t in range(k):
-                        xp.multiply(grad, won == t, out=view[(slice(None),) * (axis + 1) + (t,)])
-                    grad = spread
+            def taps(prefix):  # the positions of tap ``prefix`` along the first len(prefix) axes
+                return (slice(None), slice(None)) + tuple(
+                    slice(t, t + k * o, k) for t, k, o in zip(prefix, kernel, out))
+
+            def work(s, e, winners):
+                # Every tap writes its own positions of dx once: dy where the axis steps all chose it
+                # (winners[a] has the axes before a at full size, so it is read at the tap's rows),
+                # with no intermediate array per axis step.
+                chosen = {(): None}  # tap prefix -> where the steps so far chose it
+                for a, won in enumerate(winners):
+                    deeper = {}
+                    for prefix, mask in chosen.items():
+                        at = won[taps(prefix)]
+                        for t in range(kernel[a]):
+                            here = at == t
+                            deeper[prefix + (t,)] = here if mask is None else xp.logical_and(mask, here, out=here)
+                    chosen = deeper
+                grad, target = dy[s:e], dx[s:e]
+                for tap, mask in chosen.items():
+                    xp.multiply(grad, mask, out=target[taps(tap)])
 
             map_chunks(xp, work, winner)
             return dx
