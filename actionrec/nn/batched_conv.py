@@ -34,7 +34,7 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.nn.banded import flipped_kernels
 from actionrec.nn.im2col import output_size, window_view
-from actionrec.nn.layout import lies_channels_last
+from actionrec.nn.layout import channels_last_view, empty_in_layout, lies_channels_last
 from actionrec.nn.parallel import item_chunks, map_chunks
 
 # Column-matrix elements built at once per chunk (whole items, at least one): about 2 MB of float32.
@@ -123,8 +123,8 @@ def batched_conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int):
     # without a transpose, and the same product costs the same either way.
     last = xp is np and groups == 1 and x.ndim == 4
     if last:
-        y = xp.moveaxis(xp.empty((n,) + out + (o,), dtype=x.dtype), -1, 1)
-        y_rows = xp.moveaxis(y, 1, -1).reshape(n, positions, o)  # a view: y is channels-last
+        y = empty_in_layout(xp, (n, o) + out, x.dtype, last=True)
+        y_rows = channels_last_view(y).reshape(n, positions, o)  # a view: y is channels-last
     else:
         y = xp.empty((n, o) + out, dtype=x.dtype)
         y_flat = y.reshape(n, groups, og, positions)
@@ -213,7 +213,7 @@ def batched_conv_backward(dout, cache, need_dx: bool = True):
     # a channels-last dY without groups gives dW and db straight from its (positions, O) rows; the
     # input gradient needs it by map (a copy)
     rows = groups == 1 and lies_channels_last(dout)
-    dy_rows = xp.moveaxis(dout, 1, -1).reshape(n, positions, o) if rows else None
+    dy_rows = channels_last_view(dout).reshape(n, positions, o) if rows else None
     dy_flat = xp.ascontiguousarray(dout).reshape(n, groups, og, positions) if need_dx or not rows else None
     w_t = xp.ascontiguousarray(w_mat.transpose(0, 2, 1)) if need_dx else None  # (g, depth, O/g)
     if need_dx:

@@ -9,6 +9,7 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
+from actionrec.nn.layout import channels_last_view, lies_channels_last
 from actionrec.nn.parallel import elementwise, over_batch
 
 
@@ -177,11 +178,9 @@ def _by_channel(a):
     "nci" in C order; channels-last, (rows, k, C) "rkc", k positions of all C channels per row (k
     divides N P, k C at most 1024), since einsum sums short C-long runs slowly."""
     n, c = a.shape[:2]
-    if a.ndim > 2 and not a.flags.c_contiguous:
-        last = a.transpose((0,) + tuple(range(2, a.ndim)) + (1,))
-        if last.flags.c_contiguous:
-            k = math.gcd(a.size // c, max(1, 1024 // c))  # a divisor of the positions, at most 1024 / C
-            return last.reshape(-1, k, c), "rkc"
+    if lies_channels_last(a):
+        k = math.gcd(a.size // c, max(1, 1024 // c))  # a divisor of the positions, at most 1024 / C
+        return channels_last_view(a).reshape(-1, k, c), "rkc"
     return a.reshape(n, c, -1), "nci"
 
 
@@ -204,7 +203,7 @@ def _channel_dot(a, b):
     (va, la), (vb, lb) = _by_channel(a), _by_channel(b)
     if la != lb:  # mixed layouts: einsum pairs the axes (slower, correct)
         return xp.einsum("nci,nic->c", a.reshape(a.shape[0], a.shape[1], -1),
-                         xp.moveaxis(b, 1, -1).reshape(b.shape[0], -1, b.shape[1]))
+                         channels_last_view(b).reshape(b.shape[0], -1, b.shape[1]))
     if la == "rkc":
         rows, k, c = va.shape
         return xp.einsum("ij,ij->j", va.reshape(rows, k * c), vb.reshape(rows, k * c)).reshape(k, c).sum(axis=0)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from actionrec.backend import get_array_module
-from actionrec.nn.layout import channels_last, empty_like_layout
+from actionrec.nn.layout import empty_in_layout, empty_like_layout, lies_channels_last
 from actionrec.nn.parallel import item_chunks, map_chunks, one_blas_thread
 
 # Transformed-domain elements (n^2 x channels x tiles) per chunk: about 2 MB of float32, so that the
@@ -125,7 +125,7 @@ def _grid_last(xp, chunk, padding: tuple, size: tuple):
                        ((ph, ph + h), (pw + w, ws))):
         out[rows[0]:rows[1], cols[0]:cols[1]] = 0
     interior = out[ph:ph + h, pw:pw + w]
-    if channels_last(chunk) and not chunk.flags.c_contiguous:
+    if lies_channels_last(chunk):
         interior.reshape(h, w, m, c)[...] = chunk.transpose(2, 3, 0, 1)
         return out
     maps = chunk.reshape(k, h, w)
@@ -143,7 +143,7 @@ def _grid_first(xp, grid, out):
     runs of C values when ``out`` is channels-last, by a blocked transpose otherwise."""
     m, c, h, w = out.shape
     corner = grid[:h, :w]
-    if channels_last(out) and not out.flags.c_contiguous:
+    if lies_channels_last(out):
         out.transpose(2, 3, 0, 1)[...] = corner.reshape(h, w, m, c)
         return
     if not corner.flags.c_contiguous:
@@ -262,7 +262,7 @@ def winograd_conv_forward(x, W, b, padding: tuple):
 
     x (N, C, H, W), W (O, C, r, r), b (O,) or None, padding (ph, pw)
     -> y (N, O, H + 2 ph - r + 1, W + 2 pw - r + 1), laid out channels-last in memory (see
-    ``channels_last``), and the cache for ``winograd_conv_backward``. x may be laid out either way.
+    ``actionrec.nn.layout``), and the cache for ``winograd_conv_backward``. x may be laid out either way.
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]
@@ -276,7 +276,7 @@ def winograd_conv_forward(x, W, b, padding: tuple):
     # y is written channels-last: from the tile-major grid that is a copy in runs of O values, where
     # C order needs a transpose; the layers after it keep the layout (BatchNorm, ReLU, pooling), and
     # the next Winograd layer reads it the same cheap way.
-    y = xp.moveaxis(xp.empty((n, ho, wo, o), dtype=x.dtype), -1, 1)
+    y = empty_in_layout(xp, (n, o, ho, wo), x.dtype, last=True)
 
     def work(n0, n1):
         items = n1 - n0
