@@ -13,7 +13,7 @@ from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.init import _rng, initial_weights
 from actionrec.nn.layout import empty_in_layout, lies_channels_last
-from actionrec.nn.parallel import elementwise, matmul, over_batch
+from actionrec.nn.parallel import elementwise, item_blocks, matmul, over_batch
 
 
 def _dtype_name(dtype) -> str:
@@ -153,9 +153,7 @@ class ReLU(Layer):
         positive, y = xp.empty_like(x, dtype=bool), xp.empty_like(x)  # both laid out as x
 
         def work(s, e):
-            items = max(1, _BLOCK_ELEMENTS // max(1, x[:1].size))
-            for a in range(s, e, items):
-                z = min(e, a + items)
+            for a, z, _ in item_blocks(s, e, x, _BLOCK_ELEMENTS, buffer=False):
                 xp.maximum(x[a:z], 0, out=y[a:z])
                 xp.greater(y[a:z], 0, out=positive[a:z])
 

@@ -10,7 +10,7 @@ from actionrec.backend import get_array_module
 from actionrec.errors import ShapeError
 from actionrec.nn.base import Layer, register_layer
 from actionrec.nn.layout import channels_last_view, lies_channels_last
-from actionrec.nn.parallel import elementwise, over_batch
+from actionrec.nn.parallel import elementwise, item_blocks, over_batch
 
 
 @register_layer
@@ -64,11 +64,12 @@ class BatchNorm(Layer):
             # One pass over x for both moments: each cache-sized block is centred on a shift near the
             # mean (the first item's channel means) in a small buffer, whose sum and sum of squares
             # come from the cache; the shift keeps E[d^2] - E[d]^2 free of cancellation.
-            shift = _channel_map(_channel_sum(x[:1]) / (count // n), x)
+            first = _channel_sum(x[:1]) / (count // n)
+            shift = _channel_map(first, x)
 
             def moments(s, e):
                 total = squares = 0
-                for a, z, centred in _blocks(s, e, x):
+                for a, z, centred in item_blocks(s, e, x, _BLOCK_ELEMENTS):
                     xp.subtract(x[a:z], shift, out=centred)
                     total = total + _channel_sum(centred).astype(xp.float64)
                     squares = squares + _channel_dot(centred, centred).astype(xp.float64)
@@ -77,7 +78,7 @@ class BatchNorm(Layer):
             parts = over_batch(xp, moments, n, x.size)
             offset_mean = sum(p[0] for p in parts) / count
             var = (sum(p[1] for p in parts) / count - offset_mean**2).clip(0).astype(x.dtype)
-            mean = (shift.reshape(self.num_features, -1)[:, 0] + offset_mean).astype(x.dtype)
+            mean = (first + offset_mean).astype(x.dtype)
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - m
@@ -94,7 +95,7 @@ class BatchNorm(Layer):
         slope, offset = _channel_map(slope, x), _channel_map(offset, x)
 
         def normalise(s, e):
-            for a, z, _ in _blocks(s, e, x, buffer=False):
+            for a, z, _ in item_blocks(s, e, x, _BLOCK_ELEMENTS, buffer=False):
                 xp.multiply(x[a:z], slope, out=y[a:z])
                 y[a:z] += offset
 
@@ -116,7 +117,7 @@ class BatchNorm(Layer):
 
         def sums(s, e):  # sum(dy) and sum(dy * (x - mean)) per channel, the centred block in a buffer
             db = dw = 0
-            for a, z, centred in _blocks(s, e, x):
+            for a, z, centred in item_blocks(s, e, x, _BLOCK_ELEMENTS):
                 db = db + _channel_sum(dy[a:z])
                 dw = dw + _channel_dot(dy[a:z], xp.subtract(x[a:z], mean_map, out=centred))
             return db, dw
@@ -136,7 +137,7 @@ class BatchNorm(Layer):
         slope, offset, scale = (_channel_map(v, dx) for v in (slope, offset, scale))
 
         def combine(s, e):
-            for a, z, scaled in _blocks(s, e, x):
+            for a, z, scaled in item_blocks(s, e, x, _BLOCK_ELEMENTS):
                 xp.multiply(x[a:z], slope, out=dx[a:z])
                 dx[a:z] += offset
                 dx[a:z] += xp.multiply(dy[a:z], scale, out=scaled)
@@ -148,18 +149,6 @@ class BatchNorm(Layer):
 # Items per block of the element-wise passes: about this many elements (1 MB of float32), so the
 # passes after the first find the block in the cache.
 _BLOCK_ELEMENTS = 1 << 18
-
-
-def _blocks(start: int, end: int, a, buffer: bool = True):
-    """[(a0, a1, scratch)] blocks of whole items of ``a`` covering start..end, each with a scratch array
-    of the block's shape and memory layout (one buffer, reused; None when ``buffer`` is False)."""
-    xp = get_array_module(a)
-    per_item = max(1, a[:1].size)
-    step = max(1, min(end - start, _BLOCK_ELEMENTS // per_item))
-    scratch = xp.empty_like(a[:step]) if buffer else None
-    for s in range(start, end, step):
-        e = min(end, s + step)
-        yield s, e, None if scratch is None else scratch[:e - s]
 
 
 def _channel_map(v, like):

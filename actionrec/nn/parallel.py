@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from actionrec.backend import get_array_module
+
 WORKERS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _pool = None
 _blas = None
@@ -92,6 +94,20 @@ def item_chunks(xp, n: int, per_item: int, budget: int):
     count = min(n, WORKERS * -(-n // (WORKERS * most)))
     bounds = [i * n // count for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def item_blocks(start: int, end: int, a, elements: int, buffer: bool = True):
+    """[(a0, a1, scratch)] blocks of whole items of ``a`` covering start..end, about ``elements``
+    elements each (at least one item), so that passes after the first over a block find it in the
+    cache; each comes with a scratch array of the block's shape and memory layout (one buffer,
+    reused; None when ``buffer`` is False)."""
+    xp = get_array_module(a)
+    per_item = max(1, a[:1].size)
+    step = max(1, min(end - start, elements // per_item))
+    scratch = xp.empty_like(a[:step]) if buffer else None
+    for s in range(start, end, step):
+        e = min(end, s + step)
+        yield s, e, None if scratch is None else scratch[:e - s]
 
 
 def over_batch(xp, work, n: int, size: int):
