@@ -241,13 +241,13 @@ def batched_conv_backward(dout, cache, need_dx: bool = True):
                 xp.matmul(dy_t, cols.reshape(depth, m * positions).T, out=dw[g])
             if need_dx:
                 dy_g = dy_flat[n0:n1, g]  # (m, O/g, P)
-            if need_dx and flat:
-                _input_gradient_flat(dx_chunk[:, g * cg:(g + 1) * cg], w_t[g],
-                                     dy_g.reshape((m, og) + out), kernel)
-            elif need_dx:
-                dcols = xp.matmul(w_t[g], dy_g)  # (m, depth, P)
-                _fold(dx_chunk[:, g * cg:(g + 1) * cg], dcols.reshape((m, cg) + kernel + out), kernel, stride,
-                      out)
+                if flat:
+                    _input_gradient_flat(dx_chunk[:, g * cg:(g + 1) * cg], w_t[g],
+                                         dy_g.reshape((m, og) + out), kernel)
+                else:
+                    dcols = xp.matmul(w_t[g], dy_g)  # (m, depth, P)
+                    _fold(dx_chunk[:, g * cg:(g + 1) * cg], dcols.reshape((m, cg) + kernel + out), kernel,
+                          stride, out)
         if need_dx and any(padding):
             dx[n0:n1] = dx_chunk[(slice(None), slice(None)) + inner]
         return dw, db
