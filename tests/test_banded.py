@@ -102,19 +102,23 @@ def test_im2col_geometry_gradients_match_finite_differences(make, x_shape):
     (lambda: Conv2D(3, 40, 3, padding=1, rng=0, dtype="float64"), (3, 3, 6, 7)),
 ], ids=["segments", "conv3d-time-stride", "conv2d-columns-major"])
 def test_frame_by_frame_path_equals_block_path(monkeypatch, make, x_shape):
-    """Large frames take one GEMM per frame and skip the temporal taps an edge frame does not feed;
-    small frames one GEMM per block. Forcing the first path must not change any result."""
+    """Large frames skip the temporal taps an edge frame does not feed (one GEMM per run of frames
+    that feed the same taps); small frames take one GEMM per block. Forcing the first path, in blocks
+    of several frames and of one, must not change any result."""
     import actionrec.nn.banded as banded
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal(x_shape)
     results = []
-    for block_elements in (banded._BLOCK_ELEMENTS, 1):
+    for block_elements, one_gemm in ((banded._BLOCK_ELEMENTS, True), (banded._BLOCK_ELEMENTS, False), (1, False)):
         monkeypatch.setattr(banded, "_BLOCK_ELEMENTS", block_elements)
+        if not one_gemm:
+            monkeypatch.setattr(banded, "_one_gemm_per_block", lambda g: False)
         layer = make()
         layer.params["b"][...] = 0.5
         y = layer.forward(x)
         dx = layer.backward(np.cos(y))
         results.append((y, dx, layer.grads["W"], layer.grads["b"]))
-    for whole, per_frame in zip(*results):
-        np.testing.assert_allclose(per_frame, whole, rtol=1e-12, atol=1e-12)
+    for forced in results[1:]:
+        for whole, part in zip(results[0], forced):
+            np.testing.assert_allclose(part, whole, rtol=1e-12, atol=1e-12)
