@@ -1,0 +1,176 @@
+"""FFT core for frame-wise segment convolutions (the Ji layers) on the CPU.
+
+Ji et al.'s first convolution sees one input map per hardwired channel and has large kernels (7x7 and
+9x7 spatial taps, 3 temporal). As a GEMM it is thin and the unfolded input is 13-14x the frames, so
+both the banded and the im2col cores spend most of their time moving memory. In the frequency domain
+every input frame is transformed once, every output frame transformed back once, and each (output map,
+temporal tap) pair costs one product of spectra, whatever the kernel's size.
+
+By the correlation theorem, with frames zero-padded to F = (Hf, Wf) >= (H, W) and spectra over the
+last two axes (K, X, DY the spectra of kernel, input and output gradient)::
+
+    y[h, w]  = sum_ij x[h + i, w + j] k[i, j]  = irfft2(X . conj(K))[h, w]    h <= H - kh, w <= W - kw
+    dk[i, j] = sum_hw dy[h, w] x[h + i, w + j] = irfft2(X . conj(DY))[i, j]   i < kh, j < kw
+    dx[p, q] = sum_hw dy[h, w] k[p - h, q - w] = irfft2(DY . K)[p, q]        p < H, q < W
+
+exactly: the circular products wrap around only at the positions that are cut away. Time is handled as
+in ``actionrec.nn.banded``: output frame t' of a segment sums its kt taps dt over input frames t' + dt,
+here as sums of spectra, and each segment has its own kernels.
+
+float32 inputs stay float32 (scipy.fft computes in single precision, about 2.4x faster than numpy.fft
+here); float64 gives the float64 results the gradient checks need. numpy only: CuPy keeps the banded
+core (cuBLAS runs it at speed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from actionrec.nn.parallel import map_chunks
+
+# Spectra handled per chunk of items (inputs and outputs, complex): about 2 MB, so a chunk's
+# products stay near the caches and a batch still makes several chunks for the cores.
+_CHUNK_BYTES = 1 << 21
+
+
+def _fft():
+    import scipy.fft  # noqa: PLC0415 (loaded when the first FFT layer runs)
+
+    return scipy.fft
+
+
+def spectrum_shape(spatial: tuple) -> tuple:
+    """FFT sizes (Hf, Wf) for frames of ``spatial`` size: the next sizes with small prime factors only."""
+    return tuple(_fft().next_fast_len(int(s), real=True) for s in spatial)
+
+
+def _rfft(a, shape):
+    """Spectrum of the last len(shape) axes of a, zero-padded to ``shape``."""
+    return _fft().rfftn(a, s=shape, axes=tuple(range(-len(shape), 0)))
+
+
+def _irfft(a, shape, keep):
+    """Real inverse of the last len(shape) axes, cropped to the leading ``keep`` positions of each."""
+    full = _fft().irfftn(a, s=shape, axes=tuple(range(-len(shape), 0)))
+    return full[(Ellipsis,) + tuple(slice(0, k) for k in keep)]
+
+
+def fft_pays(w_shape) -> bool:
+    """Whether kernels W (O, C/g, kt, *ks) run faster here than in the banded core: spatial kernels of
+    16 taps and more, at most 4 input maps per group (every Ji layer, 4x5 to 9x7 taps, measured
+    1.8-2.1x faster with batch 32; with many input maps per group the GEMM cores do better)."""
+    return math.prod(w_shape[3:]) >= 16 and w_shape[1] <= 4
+
+
+def _check(x_shape, kernels, starts, groups):
+    o, cg, kt = kernels[0].shape[:3]
+    ks = tuple(kernels[0].shape[3:])
+    if x_shape[1] != cg * groups or o % groups:
+        raise ValueError(f"fft conv: input has {x_shape[1]} channels, {groups} groups, kernel {kernels[0].shape}")
+    if starts[0] != 0 or starts[-1] != x_shape[2] or len(kernels) != len(starts) - 1:
+        raise ValueError(f"fft conv: segment starts {starts} ({len(kernels)} kernels) do not cover "
+                         f"the {x_shape[2]} frames")
+    if any(k > s for k, s in zip(ks, x_shape[3:])) or min(e - s for s, e in zip(starts[:-1], starts[1:])) < kt:
+        raise ValueError(f"fft conv: kernel {kernels[0].shape[2:]} is larger than the input {x_shape[2:]}")
+
+
+def _chunks(n: int, maps_per_item: int, spectrum_elements: int):
+    step = max(1, _CHUNK_BYTES // (8 * maps_per_item * spectrum_elements))
+    return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+
+
+def fft_conv_forward(x, kernels, biases, starts, groups):
+    """Stride-1, unpadded frame-wise grouped convolution of each time segment with its own kernels.
+
+    x (N, C, T, *S); kernels: one W (O, C/g, kt, *ks) per segment; biases: matching (O,) arrays or
+    Nones; starts: frame boundaries [0, t1, ..., T] -> out (N, O, sum of T_s - kt + 1, *(S - ks + 1)),
+    and the cache (which keeps the input's spectra for the backward pass).
+    """
+    _check(x.shape, kernels, starts, groups)
+    n, c = x.shape[:2]
+    o, cg, kt = kernels[0].shape[:3]
+    ks = tuple(kernels[0].shape[3:])
+    shape = spectrum_shape(x.shape[3:])
+    out_spatial = tuple(s - k + 1 for s, k in zip(x.shape[3:], ks))
+    frames_out = [e - s - kt + 1 for s, e in zip(starts[:-1], starts[1:])]
+    out_starts = [0] + list(itertools.accumulate(frames_out))
+    conj_k = [np.conj(_rfft(W, shape)) for W in kernels]  # (O, C/g, kt, *F)
+    g = _Plan(starts, out_starts, kt, cg, o // groups)
+    out = np.empty((n, o, out_starts[-1]) + out_spatial, dtype=x.dtype)
+    spectra = {}
+
+    def work(n0, n1):
+        xf = _rfft(x[n0:n1], shape)  # (m, C, T, *F)
+        spectra[n0] = xf
+        yf = np.empty((n1 - n0, o, out_starts[-1]) + xf.shape[3:], dtype=xf.dtype)
+        tmp = np.empty((n1 - n0, max(g.frames_out)) + xf.shape[3:], dtype=xf.dtype)
+        for seg, p, ci, dt, src, dst in g.pairs(xf, yf):
+            if ci == 0 and dt == 0:
+                np.multiply(src, conj_k[seg][p, ci, dt], out=dst)
+            else:  # into a buffer, not a new temporary each time: 2x faster here
+                dst += np.multiply(src, conj_k[seg][p, ci, dt], out=tmp[:, :dst.shape[1]])
+        out[n0:n1] = _irfft(yf, shape, out_spatial)
+
+    chunks = _chunks(n, c * x.shape[2] + o * out_starts[-1], math.prod(shape[:-1]) * (shape[-1] // 2 + 1))
+    map_chunks(np, work, chunks)
+    for seg, bias in enumerate(biases):
+        if bias is not None:
+            out[:, :, out_starts[seg]:out_starts[seg + 1]] += bias.reshape((1, o) + (1,) * (out.ndim - 2))
+    cache = (x.shape, x.dtype, shape, ks, conj_k, g, chunks, spectra)
+    return out, cache
+
+
+def fft_conv_backward(dout, cache, need_dx: bool = True):
+    """Mirror of ``fft_conv_forward``: dout (N, O, sum T'_s, *S')
+    -> (dx (N, C, T, *S) or None, [dW per segment], [db (O,) per segment])."""
+    x_shape, dtype, shape, ks, conj_k, g, chunks, spectra = cache
+    o, cg, kt = conj_k[0].shape[:3]
+    dx = np.empty(x_shape, dtype=dtype) if need_dx else None
+
+    def work(n0, n1):
+        xf = spectra[n0]
+        d = np.conj(_rfft(dout[n0:n1], shape))  # conj(DY), zero-padded
+        dk = [np.empty_like(k) for k in conj_k]
+        dxf = np.zeros_like(xf) if need_dx else None
+        tmp = np.empty((n1 - n0, max(g.frames_out)) + xf.shape[3:], dtype=xf.dtype)
+        for seg, p, ci, dt, src, dy in g.pairs(xf, d):
+            prod = np.multiply(src, dy, out=tmp[:, :dy.shape[1]])
+            dk[seg][p, ci, dt] = prod.sum(axis=(0, 1))
+            if need_dx:  # conj(DY . K) = conj(DY) . conj(K), conjugated once below
+                g.source(dxf, seg, p, ci, dt)[...] += np.multiply(dy, conj_k[seg][p, ci, dt], out=prod)
+        if need_dx:
+            dx[n0:n1] = _irfft(np.conj(dxf, out=dxf), shape, x_shape[3:])
+        return dk
+
+    partial = map_chunks(np, work, chunks)
+    dks = [sum(parts) for parts in zip(*partial)]
+    dws = [np.ascontiguousarray(_irfft(dk, shape, ks)).astype(dtype, copy=False) for dk in dks]
+    dbs = [dout[:, :, o0:o1].sum(axis=(0,) + tuple(range(2, dout.ndim)))
+           for o0, o1 in zip(g.out_starts[:-1], g.out_starts[1:])]
+    return dx, dws, dbs
+
+
+class _Plan:
+    """Which input frames and output frames each (segment, output map, input channel, tap) pairs."""
+
+    def __init__(self, starts, out_starts, kt, cg, og):
+        self.starts, self.out_starts, self.kt, self.cg, self.og = starts, out_starts, kt, cg, og
+        self.frames_out = [o1 - o0 for o0, o1 in zip(out_starts[:-1], out_starts[1:])]
+
+    def source(self, xf, seg, p, ci, dt):
+        """Input frames t' + dt of segment seg, channel ci of output map p's group: (m, T'_s, *F)."""
+        t0 = self.starts[seg] + dt
+        frames = self.out_starts[seg + 1] - self.out_starts[seg]
+        return xf[:, (p // self.og) * self.cg + ci, t0:t0 + frames]
+
+    def pairs(self, xf, yf):
+        """(seg, p, ci, dt, input frames, output frames of map p) for every product of spectra."""
+        for seg in range(len(self.starts) - 1):
+            o0, o1 = self.out_starts[seg], self.out_starts[seg + 1]
+            for p in range(yf.shape[1]):
+                for ci in range(self.cg):
+                    for dt in range(self.kt):
+                        yield seg, p, ci, dt, self.source(xf, seg, p, ci, dt), yf[:, p, o0:o1]
