@@ -162,7 +162,8 @@ def fft_conv_backward(dout, cache, need_dx: bool = True):
     for seg, dk in map_chunks(np, work, units):
         dks[seg] = dks[seg] + dk
     dws = [np.ascontiguousarray(_irfft(dk, shape, ks)).astype(dtype, copy=False) for dk in dks]
-    dbs = [dout[:, :, o0:o1].sum(axis=(0,) + tuple(range(2, dout.ndim)))
+    n, o = dout.shape[:2]
+    dbs = [np.einsum("nop->o", dout[:, :, o0:o1].reshape(n, o, -1))
            for o0, o1 in zip(plan.out_starts[:-1], plan.out_starts[1:])]
     return dx, dws, dbs
 
