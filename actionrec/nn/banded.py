@@ -1,5 +1,5 @@
-"""Banded (block-Toeplitz) frame-wise convolution: the one convolution core behind Conv2D, Conv3D and
-SegmentConv3D.
+"""Banded (block-Toeplitz) frame-wise convolution: the core behind Conv3D, Conv2D's thin layers and
+SegmentConv3D wherever the FFT core (``actionrec.nn.fftconv``) does not run (CuPy, small kernels).
 
 Plain im2col copies ``C*k`` values per output position and multiplies them by a weight matrix with only
 ``P`` (output maps) columns. When ``C`` and ``P`` are small, as in the first Ji layer (1 input channel,
