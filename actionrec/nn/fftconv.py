@@ -60,9 +60,10 @@ def _irfft(a, shape, keep):
 
 
 def fft_pays(w_shape) -> bool:
-    """Whether kernels W (O, C/g, kt, *ks) run faster here than in the banded core: spatial kernels of
-    16 taps and more, at most 4 input maps per group (every Ji layer, 4x5 to 9x7 taps, measured
-    1.8-2.1x faster with batch 32; with many input maps per group the GEMM cores do better)."""
+    """Whether kernels W (O, C/g, kt, *ks) go to this core: spatial kernels of 16 taps and more, at most
+    4 input maps per group. Every Ji layer (one input map per group, 4x5 to 9x7 taps) measured 1.8-2.1x
+    faster here than in the banded core at batch 32; the products of spectra grow with the input maps
+    per group while the GEMM cores get better, and more than one has not been measured."""
     return math.prod(w_shape[3:]) >= 16 and w_shape[1] <= 4
 
 
