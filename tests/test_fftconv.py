@@ -30,6 +30,12 @@ def _inputs(case, dtype, seed=0):
     return x, kernels, biases, starts
 
 
+def _arrays(results):
+    """The arrays of a (y, dx, [dW], [db])-like tuple, lists flattened (None for dx kept as is)."""
+    for r in results:
+        yield from (r if isinstance(r, list) else [r])
+
+
 def _reference(x, kernels, biases, starts, groups, dy=None):
     """Per segment: the plain-loop 3D convolution, or its gradients (dx, [dW], [db]) for dy."""
     outs, dx, dws, dbs = [], np.zeros(x.shape), [], []
@@ -112,6 +118,22 @@ def test_segment_layer_runs_fft_and_matches_banded_core():
     np.testing.assert_allclose(layer.grads["b"], np.stack(dbs_b), rtol=1e-5)
 
 
+def test_evaluation_forward_keeps_the_input_not_its_spectra():
+    """Without backward in view the cache holds a reference to x (no memory of its own); a backward
+    after it transforms x again and gives the training forward's gradients."""
+    x, kernels, biases, starts = _inputs(CASES[1], np.float64)
+    y_train, train_cache = fft_conv_forward(x, kernels, biases, starts, 2)
+    y_eval, eval_cache = fft_conv_forward(x, kernels, biases, starts, 2, keep_spectra=False)
+    assert eval_cache[-1] is x and isinstance(train_cache[-1], dict) and train_cache[-1]
+    np.testing.assert_array_equal(y_eval, y_train)
+    dy = np.cos(y_train)
+    for u, v in zip(_arrays(fft_conv_backward(dy, eval_cache)), _arrays(fft_conv_backward(dy, train_cache))):
+        np.testing.assert_array_equal(u, v)
+    layer = SegmentConv3D((3, 3), 2, 4, (2, 4, 5), groups=2, rng=0, dtype="float64")
+    layer.forward(x, training=False)
+    assert layer._cache[1][-1] is x
+
+
 def test_chunking_does_not_change_results(monkeypatch):
     x, kernels, biases, starts = _inputs(CASES[1], np.float64)
     x = np.concatenate([x, x[::-1] * 0.5, x])  # 6 items
@@ -121,9 +143,8 @@ def test_chunking_does_not_change_results(monkeypatch):
     y, cache = fft_conv_forward(x, kernels, biases, starts, 2)
     assert len(cache[-2]) == 6 * 2  # items x segments
     parts = (y,) + fft_conv_backward(np.cos(y), cache)
-    for a, b in zip(whole, parts):
-        for u, v in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
-            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
+    for u, v in zip(_arrays(whole), _arrays(parts)):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
 
 
 def test_which_kernels_take_the_fft_core():

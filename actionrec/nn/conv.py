@@ -273,7 +273,7 @@ class SegmentConv3D(Layer):
         self._cache = None  # free the previous batch's input before keeping this one
         kernels, biases = self._segment_kernels()
         if get_array_module(x) is np and fft_pays(kernels[0].shape):
-            out, cache = fft_conv_forward(x, kernels, biases, self._starts(), self.groups)
+            out, cache = fft_conv_forward(x, kernels, biases, self._starts(), self.groups, keep_spectra=training)
             self._cache = (fft_conv_backward, cache)
         else:
             out, cache = banded_conv_forward(x, kernels, biases, self._starts(), (1, 1, 1), (0, 0, 0), self.groups)

@@ -95,12 +95,13 @@ def _units(n: int, starts, maps_in: int, maps_out: int, spectrum_elements: int):
     return units
 
 
-def fft_conv_forward(x, kernels, biases, starts, groups):
+def fft_conv_forward(x, kernels, biases, starts, groups, keep_spectra: bool = True):
     """Stride-1, unpadded frame-wise grouped convolution of each time segment with its own kernels.
 
     x (N, C, T, *S); kernels: one W (O, C/g, kt, *ks) per segment; biases: matching (O,) arrays or
     Nones; starts: frame boundaries [0, t1, ..., T] -> out (N, O, sum of T_s - kt + 1, *(S - ks + 1)),
-    and the cache (which keeps the input's spectra for the backward pass).
+    and the cache for the backward pass: the input's spectra with ``keep_spectra`` (training), else a
+    reference to x only (evaluation holds no extra memory; a backward after it transforms x again).
     """
     _check(x.shape, kernels, starts, groups)
     n, c = x.shape[:2]
@@ -117,7 +118,8 @@ def fft_conv_forward(x, kernels, biases, starts, groups):
 
     def work(n0, n1, seg):
         xf = _rfft(x[n0:n1, :, starts[seg]:starts[seg + 1]], shape)  # (m, C, T_s, *F)
-        spectra[n0, seg] = xf
+        if keep_spectra:
+            spectra[n0, seg] = xf
         yf = np.empty((n1 - n0, o, plan.frames_out[seg]) + xf.shape[3:], dtype=xf.dtype)
         tmp = np.empty_like(yf[:, :plan.og])
         for maps, ci, dt, src, dst in plan.products(xf, yf, seg):  # all maps of a group at once
@@ -132,18 +134,21 @@ def fft_conv_forward(x, kernels, biases, starts, groups):
 
     units = _units(n, starts, c, o, math.prod(shape[:-1]) * (shape[-1] // 2 + 1))
     map_chunks(np, work, units)
-    cache = (x.shape, x.dtype, shape, ks, conj_k, plan, units, spectra)
+    cache = (x.shape, x.dtype, shape, ks, conj_k, plan, units, spectra if keep_spectra else x)
     return out, cache
 
 
 def fft_conv_backward(dout, cache, need_dx: bool = True):
     """Mirror of ``fft_conv_forward``: dout (N, O, sum T'_s, *S')
     -> (dx (N, C, T, *S) or None, [dW per segment], [db (O,) per segment])."""
-    x_shape, dtype, shape, ks, conj_k, plan, units, spectra = cache
+    x_shape, dtype, shape, ks, conj_k, plan, units, kept = cache  # kept: the spectra, or x
     dx = np.empty(x_shape, dtype=dtype) if need_dx else None
 
     def work(n0, n1, seg):
-        xf = spectra[n0, seg]
+        if isinstance(kept, dict):
+            xf = kept[n0, seg]
+        else:  # an evaluation forward kept x only
+            xf = _rfft(kept[n0:n1, :, plan.starts[seg]:plan.starts[seg + 1]], shape)
         o0, o1 = plan.out_starts[seg], plan.out_starts[seg + 1]
         d = np.conj(_rfft(dout[n0:n1, :, o0:o1], shape))  # conj(DY), zero-padded
         dk = np.empty_like(conj_k[seg])
