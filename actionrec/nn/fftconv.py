@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from actionrec.nn.parallel import map_chunks
+from actionrec.nn.parallel import item_chunks, map_chunks
 
 # Spectra handled per work unit (items of one segment): about 16 MB. Few large transforms and
 # products beat cache-sized ones here (pocketfft's and numpy's per-call costs outweigh the cache
@@ -81,17 +81,13 @@ def _check(x_shape, kernels, starts, groups):
 
 def _units(n: int, starts, maps_in: int, maps_out: int, spectrum_elements: int):
     """Work units (n0, n1, segment): items of one segment, about _CHUNK_BYTES of spectra each (the
-    segment's input and output maps), as many per segment as a multiple of the workers when the
-    batch allows, so that no core idles through the last unit."""
-    from actionrec.nn.parallel import WORKERS  # noqa: PLC0415 (tests change it)
-
+    segment's input and output maps, counted over its input frames), split by
+    ``parallel.item_chunks`` into as many per segment as a multiple of the workers when the batch
+    allows, so that no core idles through the last unit."""
     units = []
     for seg, (t0, t1) in enumerate(zip(starts[:-1], starts[1:])):
-        per_item = 8 * spectrum_elements * (maps_in * (t1 - t0) + maps_out * (t1 - t0))
-        count = -(-n // max(1, _CHUNK_BYTES // per_item))
-        count = min(n, -(-count // WORKERS) * WORKERS)
-        bounds = [i * n // count for i in range(count + 1)]
-        units += [(n0, n1, seg) for n0, n1 in zip(bounds[:-1], bounds[1:])]
+        per_item = 8 * spectrum_elements * (maps_in + maps_out) * (t1 - t0)  # complex64 bytes
+        units += [(n0, n1, seg) for n0, n1 in item_chunks(np, n, per_item, _CHUNK_BYTES)]
     return units
 
 
