@@ -127,3 +127,56 @@ def test_cupy_path_matches_numpy(rng):
     np.testing.assert_allclose(pred_cp, pred_np, rtol=1e-9, atol=1e-12)
     for a, b in zip(params_cp, params_np):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def _in_listed_order(model, x, dy):
+    """Forward and backward through model.layers one by one, as listed (no reordering)."""
+    for layer in model.layers:
+        x = layer.forward(x, training=True)
+    y = x
+    for layer in reversed(model.layers):
+        dy = layer.backward(dy)
+    return y, dy, {name: grad.copy() for name, _, grad in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pool", ["2d", "3d", "3x3 stride 2"])
+def test_relu_before_max_pooling_runs_after_it_with_the_same_numbers(rng, dtype, pool):
+    """A ReLU followed by max pooling runs after the pooling: outputs, input gradient and parameter
+    gradients equal, bit for bit, those of the layers run as listed, windows of ties included."""
+    from actionrec.nn.conv import Conv2D, Conv3D
+    from actionrec.nn.pool import MaxPool2D, MaxPool3D
+
+    if pool == "3d":
+        conv, pooling, x_shape = Conv3D(2, 3, 2, rng=1, dtype=dtype), MaxPool3D(2), (3, 2, 5, 6, 7)
+    else:
+        pooling = MaxPool2D(2) if pool == "2d" else MaxPool2D(3, stride=2)
+        conv, x_shape = Conv2D(2, 3, 3, padding=1, rng=1, dtype=dtype), (3, 2, 9, 8)
+    features = int(np.prod(pooling.output_shape(conv.output_shape(x_shape))[1:]))
+    relu = ReLU()
+    model = Sequential([conv, relu, pooling, Flatten(), Dense(features, 4, rng=2, dtype=dtype)])
+    assert model.run_order()[:3] == [conv, pooling, relu]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    x[0] = 0  # the first item: every window of the convolution's output ties at its bias (0)
+    x[1, :, ::2] = -np.abs(x[1, :, ::2])  # some negative and some tied windows
+    dy = rng.standard_normal((x_shape[0], 4)).astype(dtype)
+
+    expected_y, expected_dx, expected_grads = _in_listed_order(model, x, dy)
+    y = model.forward(x, training=True)
+    dx = model.backward(dy)
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(dx, expected_dx)
+    for name, _, grad in model.named_parameters():
+        np.testing.assert_array_equal(grad, expected_grads[name], err_msg=name)
+    assert np.any(expected_dx != 0)
+
+
+def test_run_order_swaps_only_relu_then_max_pooling():
+    from actionrec.nn.pool import AvgPool2D, MaxPool2D
+
+    relu, pool, avg, tanh, relu2, pool2 = ReLU(), MaxPool2D(2), AvgPool2D(2), Tanh(), ReLU(), MaxPool2D(2)
+    model = Sequential([relu, avg, tanh, pool, relu2, pool2, Flatten()])
+    assert model.run_order() == [relu, avg, tanh, pool, pool2, relu2, model.layers[-1]]
+    assert model.layers == [relu, avg, tanh, pool, relu2, pool2, model.layers[-1]]  # the list is untouched
+    lone = Sequential([ReLU(), MaxPool2D(2)])
+    assert [type(layer).__name__ for layer in lone.run_order()] == ["MaxPool2D", "ReLU"]
