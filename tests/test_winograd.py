@@ -182,9 +182,27 @@ def test_conv2d_winograd_gradients_match_finite_differences(rng):
     errors = check_layer_gradients(layer, x, eps=1e-3)  # linear layer: see above
     assert layer._core == "winograd"
     assert set(errors) == {"x", "W", "b"} and max(errors.values()) < 1e-6, errors
-    # between the passes only the input (and the weights) are held
-    x_kept, w_kept, _ = layer._cache
-    assert x_kept is x and w_kept is layer.params["W"]
+    # between the passes of training: the transformed input of every chunk and the transformed
+    # kernels, not the input itself
+    x_kept, transformed, u_t, w_kept, _ = layer._cache
+    assert x_kept is None and w_kept is layer.params["W"]
+    assert [v.shape for v in transformed] == [(6, 6, 1, 1, 16)] and u_t.shape == (36, 16, 16)
+
+
+def test_backward_after_an_evaluation_forward_transforms_the_input_again(rng):
+    """An evaluation forward keeps x, not V; a backward after it gives the training gradients exactly."""
+    layer = Conv2D(16, 24, 3, padding=1, rng=0)
+    x = rng.standard_normal((5, 16, 7, 6)).astype(np.float32)
+    y = layer.forward(x, training=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+    np.testing.assert_array_equal(layer.forward(x, training=False), y)
+    x_kept, transformed = layer._cache[:2]
+    assert x_kept is x and transformed is None
+    np.testing.assert_array_equal(layer.backward(dy), dx)
+    for key, grad in grads.items():
+        np.testing.assert_array_equal(layer.grads[key], grad, err_msg=key)
 
 
 def test_conv2d_winograd_without_input_gradient(rng):

@@ -148,7 +148,8 @@ class _ConvND(Layer):
         if (self.ndim == 2 and get_array_module(x) is np
                 and winograd_applies(self.kernel_size, self.stride, self.groups, self.in_channels,
                                      self.out_channels)):
-            out, cache = winograd_conv_forward(x, self.params["W"], self.params.get("b"), self.padding)
+            out, cache = winograd_conv_forward(x, self.params["W"], self.params.get("b"), self.padding,
+                                               keep_transformed=training)
             self._cache, self._core = cache, "winograd"
             return out
         if self._batched(out_shape):

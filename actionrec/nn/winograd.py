@@ -24,7 +24,8 @@ Backward is the exact adjoint of those linear maps, so gradients are those of th
 - dU[xi, nu] = V[xi, nu]^T @ dM[xi, nu] (n^2 GEMMs over the tiles), dW = G^T dU G;
 - dV[xi, nu] = dM[xi, nu] @ U[xi, nu], and dx = B dV B^T added onto the overlapping input tiles.
 
-V is rebuilt in backward from the input rather than kept: the cache holds the input and the weights.
+In training the forward keeps V and U for backward (V costs n^2 / m^2 times the input's memory);
+otherwise the cache holds the input, and a backward transforms it again.
 Precision: the matrices (Toom-Cook on the points 0, +-1, +-2 and infinity) have entries up to 8, so
 in float32 F(4x4, 3x3) lands within about 1e-5 of the exact result relative to the largest output
 (measured 4-8e-6 on 32-128 maps; im2col 4-9e-7, F(2x2, 3x3) 3-9e-7): the usual price of Winograd
@@ -40,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from actionrec.backend import get_array_module
-from actionrec.nn.layout import empty_in_layout, empty_like_layout, lies_channels_last
+from actionrec.nn.layout import empty_in_layout, lies_channels_last
 from actionrec.nn.parallel import item_chunks, map_chunks, one_blas_thread
 
 # Transformed-domain elements (n^2 x channels x tiles) per chunk: about 2 MB of float32, so that the
@@ -230,10 +231,16 @@ def _input_gradient_transform(dv, bt, m: int, dd):
             grid[a:a + th, :rows, b:b + tw, :cols_b] += part
 
 
+_KRON = {}  # (m, r, dtype name) -> G (x) G as a numpy array, built once per tile and dtype
+
+
 def _kron_g(xp, key: tuple, dtype):
     """G (x) G (n^2, r^2): row (xi, nu), column (a, b) of the kernel, so that vec(G g G^T) = K vec(g)."""
-    g = _MATRICES[key][1]
-    return xp.asarray(np.kron(g, g), dtype=dtype)
+    cached = key + (np.dtype(dtype).name,)
+    if cached not in _KRON:
+        g = _MATRICES[key][1]
+        _KRON[cached] = np.kron(g, g).astype(dtype)
+    return xp.asarray(_KRON[cached])
 
 
 def kernel_transform(W, m: int, transposed: bool = False):
@@ -257,12 +264,18 @@ def kernel_gradient(du_t, m: int, r: int):
     return xp.ascontiguousarray(dw_t.reshape(r, r, c, o).transpose(3, 2, 0, 1))
 
 
-def winograd_conv_forward(x, W, b, padding: tuple):
+def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True):
     """r x r stride-1 convolution (r = 3 or 5) by Winograd F(m x m, r x r), m = ``OUTPUT_TILE[r]``.
 
     x (N, C, H, W), W (O, C, r, r), b (O,) or None, padding (ph, pw)
     -> y (N, O, H + 2 ph - r + 1, W + 2 pw - r + 1), laid out channels-last in memory (see
     ``actionrec.nn.layout``), and the cache for ``winograd_conv_backward``. x may be laid out either way.
+
+    With ``keep_transformed`` (training) the cache keeps the transformed input V of every chunk (n^2 / m^2
+    times the input's size: 2.25x for 3x3 kernels, 9x for 5x5) and the transformed kernels, which
+    backward needs again, instead of x: its input transform is the costliest of the small products
+    (tiny 6 x 6 GEMMs), and reading V back costs less than recomputing it. Without, the cache keeps x
+    and backward transforms it again.
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]
@@ -290,27 +303,32 @@ def winograd_conv_forward(x, W, b, padding: tuple):
         _grid_first(xp, y_grid, y[n0:n1])
         if b is not None:
             y[n0:n1] += b.reshape(o, 1, 1)
+        return v if keep_transformed else None
 
-    map_chunks(xp, work, _chunks(xp, n, size * size * max(c, o) * th * tw))
-    return y, (x, W, padding)
+    transformed = map_chunks(xp, work, _chunks(xp, n, size * size * max(c, o) * th * tw))
+    geometry = (x.shape, lies_channels_last(x), padding)
+    if keep_transformed:
+        return y, (None, transformed, u_t, W, geometry)
+    return y, (x, None, u_t, W, geometry)
 
 
 def winograd_conv_backward(dout, cache, need_dx: bool = True):
     """Mirror of ``winograd_conv_forward``: dout (N, O, Ho, Wo), either layout -> (dx (N, C, H, W)
     laid out as x was, or None; dW (O, C, r, r), db (O,))."""
     xp = get_array_module(dout)
-    x, W, padding = cache
-    n, c, h, w = x.shape
+    x, transformed, u_t, W, (x_shape, x_last, padding) = cache
+    n, c, h, w = x_shape
     o, r = dout.shape[1], W.shape[2]
     m = OUTPUT_TILE[r]
     at, _, bt = (xp.asarray(a, dtype=dout.dtype) for a in _MATRICES[(m, r)])
     size = m + r - 1
-    _, (th, tw) = _tiles(x.shape, m, r, padding)
+    _, (th, tw) = _tiles(x_shape, m, r, padding)
     grid = (m * th + r - 1, m * tw + r - 1)
-    u = kernel_transform(W, m) if need_dx else None  # (n^2, O, C)
-    dx = empty_like_layout(x.shape, x, dout.dtype) if need_dx else None  # x's layout
+    u = u_t.transpose(0, 2, 1)  # (n^2, O, C): the forward's transformed kernels, read transposed
+    dx = empty_in_layout(xp, x_shape, dout.dtype, last=x_last) if need_dx else None  # x's layout
+    chunks = _chunks(xp, n, size * size * max(c, o) * th * tw)
 
-    def work(n0, n1):
+    def work(n0, n1, v):
         items = n1 - n0
         tiles = th * tw * items
         dm = xp.empty((size, size, th, tw, items * o), dtype=dout.dtype)
@@ -319,19 +337,21 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True):
         db = xp.einsum("ij->j", dy.reshape(-1, items * o)).reshape(items, o).sum(axis=0)
         _output_gradient_transform(dy, at, dm)
         dm = dm.reshape(size * size, tiles, o)
-        v = xp.empty((size, size, th, tw, items * c), dtype=dout.dtype)
-        _input_transform(_grid_last(xp, x[n0:n1], padding, grid), bt, m, v)
+        if v is None:  # not kept by the forward: transform the chunk's input again
+            v = xp.empty((size, size, th, tw, items * c), dtype=dout.dtype)
+            _input_transform(_grid_last(xp, x[n0:n1], padding, grid), bt, m, v)
         v = v.reshape(size * size, tiles, c)
         du_t = xp.matmul(v.transpose(0, 2, 1), dm)  # (n^2, C, O)
         if need_dx:
-            dv = xp.matmul(dm, u, out=v)  # (n^2, tiles, C); v is spent: reuse its memory
+            dv = xp.matmul(dm, u)  # (n^2, tiles, C); a new array: a kept V may serve another backward
             dd = xp.empty(_gradient_grid(th, tw, m, size) + (items * c,), dtype=dout.dtype)
             _input_gradient_transform(dv.reshape(size, size, th, tw, items * c), bt, m, dd)
             ph, pw = padding
             _grid_first(xp, dd[ph:ph + h, pw:pw + w], dx[n0:n1])
         return du_t, db
 
-    parts = map_chunks(xp, work, _chunks(xp, n, size * size * max(c, o) * th * tw))
+    kept = transformed if transformed is not None else [None] * len(chunks)
+    parts = map_chunks(xp, work, [chunk + (v,) for chunk, v in zip(chunks, kept)])
     du_t, db = parts[0]
     for part_du, part_db in parts[1:]:
         du_t += part_du
