@@ -10,8 +10,8 @@ Conv2D layers with enough output maps that the banding would not tile (b = 1: pl
 the 2D nets) use the batched core instead (``actionrec.nn.batched_conv``): whole chunks of items per
 unfolding and GEMM, where the frame-wise core pays per-item overheads. 3x3 and 5x5 stride-1 layers
 without groups and with at least 16 input and output maps (VGG stacks, MNIST's second layer) run by
-Winograd's F(4x4, 3x3) / F(2x2, 5x5) (``actionrec.nn.winograd``): 4 / 2.78 times fewer
-multiply-adds than im2col.
+Winograd's F(4x4, 3x3) / F(4x4, 5x5) (``actionrec.nn.winograd``; F(2x2, 5x5) for outputs too small
+for 4x4 tiles): 4 / 6.25 times fewer multiply-adds than im2col.
 
 SegmentConv3D (the Ji layers: one or few input maps per group, kernels of 4x4 taps and more) runs in
 the frequency domain on the CPU (``actionrec.nn.fftconv``): each frame is transformed once, whatever

@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3) and F(2x2, 5x5): the core behind Conv2D's 3x3 and 5x5 stride-1 many-channel
-layers (CIFAR's VGG stacks, MNIST's second convolution).
+"""Winograd F(4x4, 3x3) and F(4x4, 5x5) (F(2x2, 5x5) for small outputs): the core behind Conv2D's 3x3
+and 5x5 stride-1 many-channel layers (CIFAR's VGG stacks, MNIST's second convolution).
 
 An m x m block of outputs of an r x r convolution needs the n x n input tile under it (n = m + r - 1).
 Winograd's minimal filtering computes the block from elementwise products in a transformed n x n
@@ -12,7 +12,8 @@ so for C input and O output maps the n^2 products of every tile become n^2 indep
     M[xi, nu] (T, O) = V[xi, nu] (T, C) @ U[xi, nu]^T (C, O),   U = G g G^T,  V = B^T d B,
 
 over the T tiles of a chunk of items: 36 products per 16 outputs for 3x3 kernels (4 times fewer
-multiply-adds than im2col), 36 per 4 for 5x5 (2.78 times fewer). The transforms are small products
+multiply-adds than im2col), 64 per 16 for 5x5 (6.25 times fewer; F(2x2, 5x5), 36 per 4, where the
+output is too small for 4 x 4 tiles to pay). The transforms are small products
 too (n x n matrices applied along the tile rows, then the tile columns) over arrays about the size of
 the input and the output, in a tile-major layout (rows, columns, items x maps) whose inner runs are
 long and contiguous.
@@ -26,10 +27,12 @@ Backward is the exact adjoint of those linear maps, so gradients are those of th
 
 In training the forward keeps V and U for backward (V costs n^2 / m^2 times the input's memory);
 otherwise the cache holds the input, and a backward transforms it again.
-Precision: the matrices (Toom-Cook on the points 0, +-1, +-2 and infinity) have entries up to 8, so
-in float32 F(4x4, 3x3) lands within about 1e-5 of the exact result relative to the largest output
-(measured 4-8e-6 on 32-128 maps; im2col 4-9e-7, F(2x2, 3x3) 3-9e-7): the usual price of Winograd
-convolution in single precision, far below what training notices; float64 is exact to 1e-13. Chunks
+Precision: the matrices (Toom-Cook on the points 0, +-1, +-2 and infinity; +-1/2 as well for
+F(4x4, 5x5)) have entries up to 8, so in float32 the F(4x4) tiles land within about 1e-5 of the
+exact result relative to the largest output (measured 4-8e-6 for 3x3 kernels on 32-128 maps, 3-6e-6
+for 5x5 on MNIST's 32 -> 64; im2col 4-9e-7, F(2x2, 3x3) 3-9e-7, F(2x2, 5x5) 1-3e-6): the usual price
+of Winograd convolution in single precision, far below what training notices; float64 is exact to
+1e-13. Chunks
 of items run on every core (``actionrec.nn.parallel``); numpy and CuPy alike.
 
 Tiles: output maps whose size is not a multiple of m get one more row/column of tiles, computed on
@@ -59,7 +62,8 @@ _G6 = np.array([[1 / 4, 0, 0, 0, 0],
                 [0, 0, 0, 0, 1]])  # G of F(2, 5); F(4, 3) takes its first three columns, last row e_3
 
 # (A^T (m, n), G (n, r), B^T (n, n)) of F(m, r), n = m + r - 1, keyed (m, r), by Toom-Cook on the
-# points 0, 1, -1 (n = 4) or 0, 1, -1, 2, -2 (n = 6) and infinity: A^T[i, j] = p_j^i, G[j, k] =
+# points 0, 1, -1 (n = 4), 0, 1, -1, 2, -2 (n = 6) or 0, 1, -1, 2, -2, 1/2, -1/2 (n = 8) and
+# infinity: A^T[i, j] = p_j^i, G[j, k] =
 # p_j^k / f_j with f_j = prod over l != j of (p_j - p_l), and B^T solves A^T [(G g) * (B^T d)] = the
 # correlation of d with g (checked in tests/test_winograd.py).
 _MATRICES = {
@@ -70,10 +74,36 @@ _MATRICES = {
     (4, 3): (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
                       dtype=np.float64),
              np.vstack([_G6[:5, :3], [[0, 0, 1]]]), _BT6),
+    (4, 5): (np.array([[1, 1, 1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0],
+                       [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0], [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 1]]),
+             np.array([[-1, 0, 0, 0, 0],
+                       [-2 / 9, -2 / 9, -2 / 9, -2 / 9, -2 / 9],
+                       [-2 / 9, 2 / 9, -2 / 9, 2 / 9, -2 / 9],
+                       [1 / 90, 1 / 45, 2 / 45, 4 / 45, 8 / 45],
+                       [1 / 90, -1 / 45, 2 / 45, -4 / 45, 8 / 45],
+                       [32 / 45, 16 / 45, 8 / 45, 4 / 45, 2 / 45],
+                       [32 / 45, -16 / 45, 8 / 45, -4 / 45, 2 / 45],
+                       [0, 0, 0, 0, 1]]),
+             np.array([[-1, 0, 21 / 4, 0, -21 / 4, 0, 1, 0],
+                       [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+                       [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0],
+                       [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+                       [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0],
+                       [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+                       [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0],
+                       [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]])),
 }
-# Output tile per kernel size: F(4x4, 3x3) does 36 products per 16 outputs (4 times fewer than
-# im2col), F(2x2, 5x5) 36 per 4 (2.78 times fewer).
-OUTPUT_TILE = {3: 4, 5: 2}
+# Output tiles per kernel size: F(4x4, 3x3) does 36 products per 16 outputs (4 times fewer than
+# im2col); for 5x5, F(4x4, 5x5) 64 per 16 and F(2x2, 5x5) 36 per 4. A layer takes the tile with
+# the fewest transformed elements for its output size (``output_tile``).
+OUTPUT_TILES = {3: (4,), 5: (2, 4)}
+
+
+def output_tile(r: int, out_size: tuple) -> int:
+    """The output tile m for an r x r kernel and output (Ho, Wo): the fewest n^2 x tiles (whole tiles,
+    n = m + r - 1), the smaller m on a tie. MNIST's 8 x 8 maps: 64 x 4 against 36 x 16 for m = 2."""
+    ho, wo = out_size
+    return min(OUTPUT_TILES[r], key=lambda m: ((m + r - 1) ** 2 * -(-ho // m) * -(-wo // m), m))
 
 
 def winograd_applies(kernel: tuple, stride: tuple, groups: int, in_channels: int, out_channels: int) -> bool:
@@ -265,25 +295,25 @@ def kernel_gradient(du_t, m: int, r: int):
 
 
 def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True):
-    """r x r stride-1 convolution (r = 3 or 5) by Winograd F(m x m, r x r), m = ``OUTPUT_TILE[r]``.
+    """r x r stride-1 convolution (r = 3 or 5) by Winograd F(m x m, r x r), m = ``output_tile(...)``.
 
     x (N, C, H, W), W (O, C, r, r), b (O,) or None, padding (ph, pw)
     -> y (N, O, H + 2 ph - r + 1, W + 2 pw - r + 1), laid out channels-last in memory (see
     ``actionrec.nn.layout``), and the cache for ``winograd_conv_backward``. x may be laid out either way.
 
     With ``keep_transformed`` (training) the cache keeps the transformed input V of every chunk (n^2 / m^2
-    times the input's size: 2.25x for 3x3 kernels, 9x for 5x5) and the transformed kernels, which
+    times the input's size: 2.25x for 3x3 kernels, 4x for 5x5) and the transformed kernels, which
     backward needs again, instead of x: its input transform is the costliest of the small products
-    (tiny 6 x 6 GEMMs), and reading V back costs less than recomputing it. Without, the cache keeps x
+    (tiny n x n GEMMs), and reading V back costs less than recomputing it. Without, the cache keeps x
     and backward transforms it again.
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]
     o, r = W.shape[0], W.shape[2]
-    m = OUTPUT_TILE[r]
+    padding = tuple(padding)
+    m = output_tile(r, _tiles(x.shape, 1, r, padding)[0])
     at, _, bt = (xp.asarray(a, dtype=x.dtype) for a in _MATRICES[(m, r)])
     size = m + r - 1
-    padding = tuple(padding)
     (ho, wo), (th, tw) = _tiles(x.shape, m, r, padding)
     u_t = kernel_transform(W, m, transposed=True)  # (n^2, C, O)
     # y is written channels-last: from the tile-major grid that is a copy in runs of O values, where
@@ -306,7 +336,7 @@ def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True
         return v if keep_transformed else None
 
     transformed = map_chunks(xp, work, _chunks(xp, n, size * size * max(c, o) * th * tw))
-    geometry = (x.shape, lies_channels_last(x), padding)
+    geometry = (x.shape, lies_channels_last(x), padding, m)
     if keep_transformed:
         return y, (None, transformed, u_t, W, geometry)
     return y, (x, None, u_t, W, geometry)
@@ -316,10 +346,9 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True):
     """Mirror of ``winograd_conv_forward``: dout (N, O, Ho, Wo), either layout -> (dx (N, C, H, W)
     laid out as x was, or None; dW (O, C, r, r), db (O,))."""
     xp = get_array_module(dout)
-    x, transformed, u_t, W, (x_shape, x_last, padding) = cache
+    x, transformed, u_t, W, (x_shape, x_last, padding, m) = cache
     n, c, h, w = x_shape
     o, r = dout.shape[1], W.shape[2]
-    m = OUTPUT_TILE[r]
     at, _, bt = (xp.asarray(a, dtype=dout.dtype) for a in _MATRICES[(m, r)])
     size = m + r - 1
     _, (th, tw) = _tiles(x_shape, m, r, padding)
