@@ -8,6 +8,8 @@ import numpy as np
 
 from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
+from actionrec.nn.conv import Conv2D
+from actionrec.nn.conv_pool import ConvMaxPool
 from actionrec.nn.layers import ReLU
 from actionrec.nn.pool import MaxPool2D, MaxPool3D
 
@@ -54,10 +56,30 @@ class Sequential:
                 i += 1
         return order
 
+    def _units(self) -> list:
+        """``run_order`` with each first convolution (no input gradient) and the max pooling right after
+        it as one ``ConvMaxPool`` unit: on the CPU the pair then runs as one pass whose pooling reads
+        whole planes (``actionrec.nn.conv_pool``; the same numbers as the two layers). Built once per
+        model (the units keep the pair's cache between forward and backward)."""
+        order = self.run_order()
+        key = tuple((id(layer), getattr(layer, "input_grad", None)) for layer in order)
+        if getattr(self, "_unit_key", None) != key:
+            units, i = [], 0
+            while i < len(order):
+                if (type(order[i]) is Conv2D and not order[i].input_grad and i + 1 < len(order)
+                        and type(order[i + 1]) is MaxPool2D):
+                    units.append(ConvMaxPool(order[i], order[i + 1]))
+                    i += 2
+                else:
+                    units.append(order[i])
+                    i += 1
+            self._unit_key, self._unit_list = key, units
+        return self._unit_list
+
     def forward(self, x, training: bool = False):
         """x (N, *input_shape) -> logits (N, *output_shape) through every layer (``run_order``)."""
-        for layer in self.run_order():
-            x = layer.forward(x, training=training)
+        for unit in self._units():
+            x = unit.forward(x, training=training)
         return x
 
     __call__ = forward
@@ -68,8 +90,8 @@ class Sequential:
         A layer whose backward returns None (a first convolution with ``input_grad=False``) ends the
         chain: the layers before it get no gradient, and None is returned.
         """
-        for layer in reversed(self.run_order()):
-            dy = layer.backward(dy)
+        for unit in reversed(self._units()):
+            dy = unit.backward(dy)
             if dy is None:
                 return None
         return dy

@@ -1,0 +1,149 @@
+"""A first convolution and the 2x2 max pooling after it, run as one pass on the CPU.
+
+MNIST's first layer (1 -> 32 maps, 5x5) is followed by 2x2 max pooling. Run separately, the pooling
+reads the convolution's channels-last output in runs of 32 values (the two columns of a window lie one
+map-vector apart), and numpy's per-run cost, not the data, sets its time: at batch 32 it took about as
+long as the convolution. Here the batched im2col core orders its output positions tap-major instead,
+
+    cols[(c, *taps), n, (r, s, i, j)] = x_padded[n, c, 2 i + r + taps_h, 2 j + s + taps_w]
+
+so the GEMM writes, per item, the four window taps (r, s) as four separate (H/2 * W/2, O) planes, and
+the pooling is three ``maximum`` calls over whole planes. The winners follow ``MaxPool2D`` exactly (the
+first maximum in row-major order of the window wins ties: strictly greater to move right or down), and
+the bias is added before the pooling as in the separate layers, so outputs are the same numbers. The
+backward spreads dy over the four planes (one multiply and one subtract per split) and takes dW from
+them with the tap-major columns; the pre-pooling output is never stored.
+
+Used by ``Sequential`` for a ``Conv2D`` that runs on the batched core, has no input gradient (a first
+layer), stride 1 and no groups, directly followed by ``MaxPool2D(2)`` on an output of even size, on
+numpy arrays. Anything else runs the two layers one after the other (``ConvMaxPool`` decides per call).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actionrec.backend import get_array_module
+from actionrec.nn.batched_conv import _item_chunks, _pad
+from actionrec.nn.im2col import window_view
+from actionrec.nn.layout import channels_last_view, empty_in_layout, lies_channels_last
+from actionrec.nn.parallel import map_chunks
+from actionrec.nn.winograd import winograd_applies
+
+
+class ConvMaxPool:
+    """``conv`` then ``pool`` as one unit of a Sequential's forward and backward (not a layer: the
+    parameters and gradients stay in ``conv``). Falls back to the two layers where the fused pass
+    does not apply."""
+
+    def __init__(self, conv, pool):
+        self.conv, self.pool = conv, pool
+        self._cache = None  # (x padded, chunks, winners per chunk) after a fused forward, else None
+
+    def _fuses(self, x, out_shape) -> bool:
+        conv, pool = self.conv, self.pool
+        return (get_array_module(x) is np and x.ndim == 4 and not conv.input_grad and conv.groups == 1
+                and conv.stride == (1, 1) and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
+                and out_shape[2] % 2 == 0 and out_shape[3] % 2 == 0 and conv._batched(out_shape)
+                and not winograd_applies(conv.kernel_size, conv.stride, conv.groups, conv.in_channels,
+                                         conv.out_channels))
+
+    def forward(self, x, training: bool = False):
+        """x (N, C, H, W) -> pool(conv(x)) (N, O, H'/2, W'/2), laid out channels-last when fused."""
+        conv, pool = self.conv, self.pool
+        out_shape = conv.output_shape(x.shape)  # validates, as the layers would
+        pool.output_shape(out_shape)
+        self._cache = None
+        if not self._fuses(x, out_shape):
+            return pool.forward(conv.forward(x, training=training), training=training)
+        conv._cache = pool._cache = None  # the layers' own caches would be stale
+        # kept in evaluation too, as the layers keep theirs: the winners are a quarter of the output
+        y, self._cache = conv_max_pool_forward(x, conv.params["W"], conv.params.get("b"), conv.padding)
+        return y
+
+    def backward(self, dy):
+        """dy (N, O, H'/2, W'/2) -> None (the fused convolution has no input gradient); fills conv's grads."""
+        if self._cache is None:
+            return self.conv.backward(self.pool.backward(dy))
+        dW, db = conv_max_pool_backward(dy, self._cache, self.conv.params["W"].shape)
+        self.conv.grads["W"] = dW
+        if self.conv.bias:
+            self.conv.grads["b"] = db
+        return None
+
+
+def _unfold_tap_major(cols, x_chunk, kernel: tuple, half: tuple):
+    """cols (C, kh, kw, m, 2, 2, H'/2, W'/2) <- the stride-1 windows of x_chunk (m, C, H, W), output
+    position (2 i + r, 2 j + s) stored at [..., r, s, i, j]."""
+    m, c = x_chunk.shape[:2]
+    (kh, kw), (ph, pw) = kernel, half
+    windows = window_view(x_chunk, kernel, (1, 1)).reshape(m, c, ph, 2, pw, 2, kh, kw)
+    cols[...] = windows.transpose(1, 6, 7, 0, 3, 5, 2, 4)
+
+
+def conv_max_pool_forward(x, W, b, padding: tuple):
+    """Stride-1 convolution then 2x2 max pooling.
+
+    x (N, C, H, W), W (O, C, kh, kw), b (O,) or None -> y (N, O, H'/2, W'/2) channels-last in memory,
+    H' = H + 2 ph - kh + 1 (even; likewise W'), and the cache for ``conv_max_pool_backward``.
+    """
+    n, o = x.shape[0], W.shape[0]
+    kernel = tuple(W.shape[2:])
+    xpad = _pad(x, padding)
+    out = (xpad.shape[2] - kernel[0] + 1, xpad.shape[3] - kernel[1] + 1)
+    half = (out[0] // 2, out[1] // 2)
+    depth, pooled = int(np.prod(W.shape[1:])), half[0] * half[1]
+    w_t = W.reshape(o, depth).T
+    y = empty_in_layout(np, (n, o) + half, x.dtype, last=True)
+    y_rows = channels_last_view(y).reshape(n, pooled, o)
+    chunks = _item_chunks(np, n, depth * 4 * pooled)
+
+    def work(n0, n1):
+        m = n1 - n0
+        cols = np.empty((x.shape[1],) + kernel + (m, 2, 2) + half, dtype=x.dtype)
+        _unfold_tap_major(cols, xpad[n0:n1], kernel, half)
+        taps = np.empty((m, 4, pooled, o), dtype=x.dtype)  # per item: planes (0, 0), (0, 1), (1, 0), (1, 1)
+        np.matmul(cols.reshape(depth, m, 4 * pooled).transpose(1, 2, 0), w_t, out=taps.reshape(m, -1, o))
+        if b is not None:
+            taps += b
+        top, bottom = np.maximum(taps[:, 0], taps[:, 1]), np.maximum(taps[:, 2], taps[:, 3])
+        # strictly greater moves the winner right or down: ties keep the first in row-major order
+        right_top, right_bottom = taps[:, 1] > taps[:, 0], taps[:, 3] > taps[:, 2]
+        down = bottom > top
+        np.maximum(top, bottom, out=y_rows[n0:n1])
+        return right_top, right_bottom, down
+
+    winners = map_chunks(np, work, chunks)
+    return y, (xpad, chunks, winners)
+
+
+def conv_max_pool_backward(dy, cache, w_shape: tuple):
+    """Mirror of ``conv_max_pool_forward``: dy (N, O, H'/2, W'/2), either layout -> (dW, db (O,))."""
+    xpad, chunks, winners = cache
+    n, o = dy.shape[:2]
+    kernel = tuple(w_shape[2:])
+    depth, pooled = int(np.prod(w_shape[1:])), dy.shape[2] * dy.shape[3]
+    rows = channels_last_view(dy) if lies_channels_last(dy) else np.ascontiguousarray(channels_last_view(dy))
+    rows = rows.reshape(n, pooled, o)
+
+    def work(n0, n1, chunk_winners):
+        right_top, right_bottom, down = chunk_winners
+        m = n1 - n0
+        grad = rows[n0:n1]
+        taps = np.empty((m, 4, pooled, o), dtype=dy.dtype)  # dy on the winning tap, zero elsewhere
+        top = np.multiply(grad, ~down)
+        bottom = np.subtract(grad, top)
+        for plane, share, right in ((0, top, right_top), (2, bottom, right_bottom)):
+            np.multiply(share, ~right, out=taps[:, plane])
+            np.subtract(share, taps[:, plane], out=taps[:, plane + 1])
+        cols = np.empty((xpad.shape[1],) + kernel + (m, 2, 2) + tuple(dy.shape[2:]), dtype=dy.dtype)
+        _unfold_tap_major(cols, xpad[n0:n1], kernel, tuple(dy.shape[2:]))
+        dw = cols.reshape(depth, -1) @ taps.reshape(-1, o)  # (depth, O)
+        return dw, np.einsum("ij->j", grad.reshape(-1, o))
+
+    parts = map_chunks(np, work, [chunk + (w,) for chunk, w in zip(chunks, winners)])
+    dw, db = parts[0]
+    for part_dw, part_db in parts[1:]:
+        dw += part_dw
+        db += part_db
+    return np.ascontiguousarray(dw.T).reshape(w_shape), db

@@ -1,0 +1,165 @@
+"""The fused first convolution + 2x2 max pooling (``actionrec.nn.conv_pool``) against the two layers
+run one after the other: the same outputs bit for bit, the same tie-breaking, gradients to rounding
+(and against finite differences in float64), the fallbacks, and Sequential's use of it."""
+
+import numpy as np
+import pytest
+
+import actionrec.models as models
+from actionrec.errors import ShapeError
+from actionrec.nn.conv import Conv2D
+from actionrec.nn.conv_pool import ConvMaxPool, conv_max_pool_backward, conv_max_pool_forward
+from actionrec.nn.gradcheck import numerical_gradient, relative_error
+from actionrec.nn.layers import Flatten, ReLU
+from actionrec.nn.layout import lies_channels_last
+from actionrec.nn.pool import MaxPool2D
+from actionrec.nn.sequential import Sequential
+
+# Output maps from 25 up: Conv2D runs such layers on the batched core, which the fused pass replaces
+# (thinner ones go to the banded core, and the pair is not fused).
+CASES = [  # x shape (N, C, H, W), output maps, kernel, padding
+    ((3, 1, 12, 12), 32, (5, 5), (0, 0)),  # MNIST-like first layer
+    ((2, 3, 10, 8), 25, (3, 3), (1, 1)),  # CIFAR-like, padded, not square
+    ((5, 2, 9, 11), 30, (4, 2), (0, 0)),  # rectangular kernel
+    ((1, 1, 7, 7), 40, (2, 2), (0, 0)),  # a single item, 6 x 6 output
+]
+
+
+def layers_for(case, dtype, seed=0, bias=True):
+    x_shape, o, kernel, padding = case
+    conv = Conv2D(x_shape[1], o, kernel, padding=padding, bias=bias, rng=seed, dtype=dtype, input_grad=False)
+    return conv, MaxPool2D(2)
+
+
+def separate(conv, pool, x, dy):
+    y = pool.forward(conv.forward(x, training=True), training=True)
+    conv.backward(pool.backward(dy))
+    return y, conv.grads["W"].copy(), conv.grads.get("b")
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_the_two_layers(rng, case, dtype):
+    conv, pool = layers_for(case, dtype)
+    conv.params["b"][...] = rng.standard_normal(conv.params["b"].shape)
+    x = rng.standard_normal(case[0]).astype(dtype)
+    unit = ConvMaxPool(conv, pool)
+    y = unit.forward(x, training=True)
+    assert unit._cache is not None, "the fused pass should have run"
+    assert y.dtype == dtype and lies_channels_last(y) or y.shape[1] == 1
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert unit.backward(dy) is None
+    dW, db = conv.grads["W"].copy(), conv.grads["b"].copy()
+    y_ref, dW_ref, db_ref = separate(conv, pool, x, dy)
+    np.testing.assert_array_equal(y, y_ref)  # the same numbers, not just close
+    # summed in another order (tap-major rows): equal to rounding, relative to the largest entry
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, want in ((dW, dW_ref), (db, db_ref)):
+        assert np.abs(got - want).max() <= tol * np.abs(want).max()
+    assert dW.shape == conv.params["W"].shape and dW.dtype == dtype and db.dtype == dtype
+
+
+def test_ties_go_to_the_first_tap_in_row_major_order(rng):
+    """Small integers make many windows tie exactly; which tap gets the gradient changes dW, and
+    integer sums are exact, so the fused dW must equal the layers' dW to the bit."""
+    conv, pool = layers_for(((4, 2, 10, 10), 32, (3, 3), (0, 0)), np.float64)
+    conv.params["W"][...] = rng.integers(-1, 2, conv.params["W"].shape)
+    conv.params["b"][...] = 0
+    x = rng.integers(0, 2, (4, 2, 10, 10)).astype(np.float64)
+    unit = ConvMaxPool(conv, pool)
+    y = unit.forward(x, training=True)
+    taps = conv_max_pool_forward(x, conv.params["W"], None, (0, 0))[1][2]
+    assert sum(int(np.sum(w)) for chunk in taps for w in chunk) > 0  # some windows move right or down
+    dy = rng.integers(1, 4, y.shape).astype(np.float64)
+    unit.backward(dy)
+    dW, db = conv.grads["W"].copy(), conv.grads["b"].copy()
+    y_ref, dW_ref, db_ref = separate(conv, pool, x, dy)
+    assert np.array_equal(y, y_ref)
+    np.testing.assert_array_equal(dW, dW_ref)
+    np.testing.assert_array_equal(db, db_ref)
+
+
+def test_gradients_match_finite_differences(rng):
+    conv, pool = layers_for(((2, 2, 8, 10), 25, (3, 3), (1, 1)), np.float64)
+    x = rng.standard_normal((2, 2, 8, 10))
+    W, b = conv.params["W"], conv.params["b"]
+    b[...] = rng.standard_normal(b.shape)
+    y, cache = conv_max_pool_forward(x, W, b, (1, 1))
+    dy = rng.standard_normal(y.shape)
+    dW, db = conv_max_pool_backward(dy, cache, W.shape)
+
+    def f():
+        return conv_max_pool_forward(x, W, b, (1, 1))[0]
+
+    assert relative_error(dW, numerical_gradient(f, W, dy)) < 1e-7
+    assert relative_error(db, numerical_gradient(f, b, dy)) < 1e-7
+
+
+def test_backward_takes_either_layout(rng):
+    conv, pool = layers_for(CASES[0], np.float64)
+    x = rng.standard_normal(CASES[0][0])
+    unit = ConvMaxPool(conv, pool)
+    y = unit.forward(x, training=True)
+    dy = rng.standard_normal(y.shape)
+    unit.backward(np.ascontiguousarray(dy))  # C order
+    dW_c = conv.grads["W"].copy()
+    unit.backward(y * 0 + dy)  # laid out as y (channels-last)
+    np.testing.assert_allclose(conv.grads["W"], dW_c, rtol=1e-13)
+
+
+def test_falls_back_to_the_layers_where_the_fused_pass_does_not_apply(rng):
+    cases = [
+        (Conv2D(1, 32, 4, rng=0, dtype="float64", input_grad=False), MaxPool2D(2), (2, 1, 8, 8)),  # odd output (5 x 5)
+        (Conv2D(1, 32, 3, stride=2, rng=0, dtype="float64", input_grad=False), MaxPool2D(2), (2, 1, 9, 9)),
+        (Conv2D(2, 32, 3, rng=0, dtype="float64", input_grad=False), MaxPool2D(2, stride=1), (2, 2, 8, 8)),
+        (Conv2D(2, 32, 3, groups=2, rng=0, dtype="float64", input_grad=False), MaxPool2D(2), (2, 2, 8, 8)),
+        (Conv2D(2, 4, 3, rng=0, dtype="float64", input_grad=False), MaxPool2D(2), (2, 2, 8, 8)),  # thin: banded
+        (Conv2D(16, 16, 3, padding=1, rng=0, dtype="float64", input_grad=False), MaxPool2D(2), (2, 16, 8, 8)),  # Winograd
+        (Conv2D(2, 32, 3, rng=0, dtype="float64", input_grad=True), MaxPool2D(2), (2, 2, 8, 8)),  # needs dx
+    ]
+    for conv, pool, shape in cases:
+        x = rng.standard_normal(shape)
+        unit = ConvMaxPool(conv, pool)
+        y = unit.forward(x, training=True)
+        assert unit._cache is None
+        dy = rng.standard_normal(y.shape)
+        dx = unit.backward(dy)
+        y_ref, dW_ref, _ = separate(conv, pool, x, dy)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_allclose(conv.grads["W"], dW_ref, rtol=1e-13)
+        assert (dx is None) == (not conv.input_grad)
+
+
+def test_shape_errors_name_the_layer():
+    unit = ConvMaxPool(Conv2D(1, 2, 5, input_grad=False), MaxPool2D(2))
+    with pytest.raises(ShapeError, match="conv2d"):
+        unit.forward(np.zeros((2, 3, 12, 12), np.float32))
+
+
+def test_sequential_fuses_a_first_convolution_and_its_pool(rng):
+    """mnist-2conv: the first conv and its pool run as one unit (the ReLU between them moved after the
+    pool); logits and every gradient as with the layers one by one."""
+    fused = models.build_model("mnist-2conv", 10, input_shape=(1, 16, 16), widths=(4, 16), hidden=8,
+                               dtype="float64", dropout=0.0)
+    plain = models.build_model("mnist-2conv", 10, input_shape=(1, 16, 16), widths=(4, 16), hidden=8,
+                               dtype="float64", dropout=0.0)
+    plain._units = plain.run_order  # the layers one by one
+    units = fused._units()
+    assert type(units[0]) is ConvMaxPool and units[0].conv is fused.layers[0]
+    assert [type(u).__name__ for u in units[1:3]] == ["ReLU", "Conv2D"]  # the second conv has dx: not fused
+    x = rng.standard_normal((3, 1, 16, 16))
+    outs = []
+    for model in (fused, plain):
+        y = model.forward(x, training=True)
+        model.backward(np.ones_like(y))
+        outs.append((y, [g.copy() for _, _, g in model.named_parameters()]))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_sequential_keeps_unfusable_pairs_apart():
+    model = Sequential([Conv2D(1, 32, 3, input_grad=True), ReLU(), MaxPool2D(2), Flatten()])
+    assert [type(u).__name__ for u in model._units()] == ["Conv2D", "MaxPool2D", "ReLU", "Flatten"]
+    model.layers[0].input_grad = False
+    assert type(model._units()[0]) is ConvMaxPool
