@@ -95,6 +95,20 @@ def test_gradients_match_finite_differences(rng):
     assert relative_error(db, numerical_gradient(f, b, dy)) < 1e-7
 
 
+def test_without_bias(rng):
+    conv, pool = layers_for(CASES[1], np.float64, bias=False)
+    x = rng.standard_normal(CASES[1][0])
+    unit = ConvMaxPool(conv, pool)
+    y = unit.forward(x, training=True)
+    dy = rng.standard_normal(y.shape)
+    unit.backward(dy)
+    assert unit._cache is not None and "b" not in conv.grads
+    dW = conv.grads["W"].copy()
+    y_ref, dW_ref, _ = separate(conv, pool, x, dy)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(dW, dW_ref, rtol=1e-12)
+
+
 def test_backward_takes_either_layout(rng):
     conv, pool = layers_for(CASES[0], np.float64)
     x = rng.standard_normal(CASES[0][0])
