@@ -1,5 +1,5 @@
-"""The fused first convolution + 2x2 max pooling (``actionrec.nn.conv_pool``) against the two layers
-run one after the other: the same outputs bit for bit, the same tie-breaking, gradients to rounding
+"""The fused units of ``actionrec.nn.conv_pool`` (a first convolution + 2x2 max pooling; a Winograd
+convolution + BatchNorm + 2x2 max pooling) against the layers run one after the other: the same outputs bit for bit, the same tie-breaking, gradients to rounding
 (and against finite differences in float64), the fallbacks, and Sequential's use of it."""
 
 import numpy as np
@@ -8,10 +8,18 @@ import pytest
 import actionrec.models as models
 from actionrec.errors import ShapeError
 from actionrec.nn.conv import Conv2D
-from actionrec.nn.conv_pool import ConvMaxPool, conv_max_pool_backward, conv_max_pool_forward
+from actionrec.nn.conv_pool import (
+    ConvMaxPool,
+    ConvNormMaxPool,
+    conv_max_pool_backward,
+    conv_max_pool_forward,
+    max_of_planes,
+    spread_to_planes,
+)
 from actionrec.nn.gradcheck import numerical_gradient, relative_error
 from actionrec.nn.layers import Flatten, ReLU
 from actionrec.nn.layout import lies_channels_last
+from actionrec.nn.normalization import BatchNorm
 from actionrec.nn.pool import MaxPool2D
 from actionrec.nn.sequential import Sequential
 
@@ -177,3 +185,130 @@ def test_sequential_keeps_unfusable_pairs_apart():
     assert [type(u).__name__ for u in model._units()] == ["Conv2D", "MaxPool2D", "ReLU", "Flatten"]
     model.layers[0].input_grad = False
     assert type(model._units()[0]) is ConvMaxPool
+
+
+# --- the pooling planes shared by both units -----------------------------------------------------
+def test_max_of_planes_and_its_spread_match_max_pool_2d(rng):
+    """Small integers tie often: the winners, and so where the gradient goes, must be MaxPool2D's."""
+    x = rng.integers(0, 3, (3, 4, 6, 8)).astype(np.float64)
+    pool = MaxPool2D(2)
+    y_ref = pool.forward(x, training=True)
+    planes = [x[:, :, r::2, s::2] for r in range(2) for s in range(2)]
+    y = np.empty_like(y_ref)
+    winners = max_of_planes(planes, y)
+    np.testing.assert_array_equal(y, y_ref)
+    dy = rng.integers(1, 5, y.shape).astype(np.float64)
+    dx_ref = pool.backward(dy)
+    dx = np.empty_like(x)
+    spread_to_planes(dy, winners, [dx[:, :, r::2, s::2] for r in range(2) for s in range(2)])
+    np.testing.assert_array_equal(dx, dx_ref)
+
+
+# --- convolution, BatchNorm and max pooling ---------------------------------------------------------
+NORM_CASES = [  # x shape, output maps, kernel, padding (Winograd layers: 16 maps and more in and out)
+    ((3, 16, 8, 8), 16, 3, 1),  # CIFAR-like
+    ((2, 16, 6, 10), 24, 3, 1),
+    ((2, 16, 12, 12), 16, 5, 0),  # 5x5, 8 x 8 output
+]
+
+
+def norm_layers(case, dtype, input_grad=True, seed=0):
+    x_shape, o, k, padding = case
+    return (Conv2D(x_shape[1], o, k, padding=padding, rng=seed, dtype=dtype, input_grad=input_grad),
+            BatchNorm(o, dtype=dtype), MaxPool2D(2))
+
+
+@pytest.mark.parametrize("case", NORM_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_conv_norm_pool_matches_the_three_layers(rng, case, dtype, training):
+    conv, norm, pool = norm_layers(case, dtype)
+    norm.params["W"][...] = rng.uniform(0.5, 1.5, norm.params["W"].shape)
+    norm.params["b"][...] = rng.standard_normal(norm.params["b"].shape)
+    norm.buffers["running_var"][...] = rng.uniform(0.5, 2, norm.num_features)
+    running = {k: v.copy() for k, v in norm.buffers.items()}
+    x = rng.standard_normal(case[0]).astype(dtype)
+    unit = ConvNormMaxPool(conv, norm, pool)
+    y = unit.forward(x, training=training)
+    assert unit._cache is not None, "the fused pass should have run"
+    fused_running = {k: v.copy() for k, v in norm.buffers.items()}
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = unit.backward(dy)
+    got = [y, dx, conv.grads["W"], conv.grads["b"], norm.grads["W"], norm.grads["b"]]
+    got = [a.copy() for a in got]
+    for k, v in running.items():
+        norm.buffers[k][...] = v
+    y_ref = pool.forward(norm.forward(conv.forward(x, training=training), training=training), training=training)
+    dx_ref = conv.backward(norm.backward(pool.backward(dy)))
+    want = [y_ref, dx_ref, conv.grads["W"], conv.grads["b"], norm.grads["W"], norm.grads["b"]]
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    for name, a, b in zip(["y", "dx", "dW", "db", "dgamma", "dbeta"], got, want):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        # db is zero up to rounding in training (BatchNorm removes the mean): compare on dy's scale
+        assert np.abs(a - b).max() <= tol * max(np.abs(b).max(), 1.0), name
+    for k in running:
+        np.testing.assert_allclose(fused_running[k], norm.buffers[k], rtol=tol)
+
+
+def test_conv_norm_pool_without_input_gradient(rng):
+    conv, norm, pool = norm_layers(NORM_CASES[0], np.float64, input_grad=False)
+    unit = ConvNormMaxPool(conv, norm, pool)
+    y = unit.forward(rng.standard_normal(NORM_CASES[0][0]), training=True)
+    assert unit._cache is not None and unit.backward(np.ones_like(y)) is None
+    assert conv.grads["W"].shape == conv.params["W"].shape
+
+
+def test_winograd_pooling_taps_reorders_positions(rng):
+    """The tap-major output holds the same values as the plain one, and backward takes dout in the
+    same order: the results match the plain core's."""
+    from actionrec.nn.winograd import winograd_conv_backward, winograd_conv_forward
+    x = rng.standard_normal((2, 16, 8, 10))
+    W, b = rng.standard_normal((16, 16, 3, 3)) / 12, rng.standard_normal(16)
+    y, cache = winograd_conv_forward(x, W, b, (1, 1))
+    taps, taps_cache = winograd_conv_forward(x, W, b, (1, 1), pooling_taps=True)
+    assert taps.shape == (2, 16, 2, 2, 4, 5) and lies_channels_last(taps)
+    for r in range(2):
+        for s in range(2):
+            np.testing.assert_array_equal(taps[:, :, r, s], y[:, :, r::2, s::2])
+    dy = rng.standard_normal(y.shape)
+    dy_taps = np.stack([np.stack([dy[:, :, r::2, s::2] for s in range(2)], axis=2) for r in range(2)], axis=2)
+    for got, want in zip(winograd_conv_backward(dy_taps, taps_cache), winograd_conv_backward(dy, cache)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_norm_pool_falls_back_where_it_does_not_apply(rng):
+    cases = [
+        (Conv2D(16, 16, 4, rng=0, dtype="float64"), (2, 16, 8, 8)),  # 4x4 kernel: not Winograd
+        (Conv2D(16, 16, 3, rng=0, dtype="float64"), (2, 16, 9, 9)),  # odd output (7 x 7)
+        (Conv2D(2, 4, 3, padding=1, rng=0, dtype="float64"), (2, 2, 8, 8)),  # few maps: not Winograd
+    ]
+    for conv, shape in cases:
+        norm, pool = BatchNorm(conv.out_channels, dtype="float64"), MaxPool2D(2)
+        x = rng.standard_normal(shape)
+        unit = ConvNormMaxPool(conv, norm, pool)
+        y = unit.forward(x, training=True)
+        assert unit._cache is None
+        dy = rng.standard_normal(y.shape)
+        dx = unit.backward(dy)
+        y_ref = pool.forward(norm.forward(conv.forward(x, training=True), training=True), training=True)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+        np.testing.assert_allclose(dx, conv.backward(norm.backward(pool.backward(dy))), rtol=1e-12)
+
+
+def test_sequential_fuses_convolution_norm_and_pool(rng):
+    """cifar-vgg (narrowed): every stage's last convolution, its BatchNorm and the pool run as one
+    unit; logits and every gradient as with the layers one by one."""
+    kwargs = dict(input_shape=(3, 16, 16), widths=(16, 16, 16), dtype="float64")
+    fused, plain = (models.build_model("cifar-vgg", 10, **kwargs) for _ in range(2))
+    plain._units = plain.run_order
+    kinds = [type(u).__name__ for u in fused._units()]
+    assert kinds.count("ConvNormMaxPool") == 3 and "MaxPool2D" not in kinds
+    x = rng.standard_normal((4, 3, 16, 16))
+    outs = []
+    for model in (fused, plain):
+        y = model.forward(x, training=True)
+        model.backward(np.ones_like(y) / y.size)
+        outs.append((y, [g.copy() for _, _, g in model.named_parameters()]))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)

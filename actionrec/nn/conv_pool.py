@@ -28,7 +28,7 @@ from actionrec.nn.batched_conv import _item_chunks, _pad
 from actionrec.nn.im2col import window_view
 from actionrec.nn.layout import channels_last_view, empty_in_layout, lies_channels_last
 from actionrec.nn.parallel import map_chunks
-from actionrec.nn.winograd import winograd_applies
+from actionrec.nn.winograd import winograd_applies, winograd_conv_backward, winograd_conv_forward
 
 
 class ConvMaxPool:
@@ -72,6 +72,81 @@ class ConvMaxPool:
         return None
 
 
+class ConvNormMaxPool:
+    """``conv`` (a Winograd layer), ``norm`` (BatchNorm) and ``pool`` (2x2 max pooling) as one unit:
+    the convolution writes its output tap-major (``winograd_conv_forward(..., pooling_taps=True)``:
+    the same values, positions reordered), BatchNorm works on it unchanged (its statistics do not
+    depend on the order of positions), and the pooling reads four whole planes (``max_of_planes``)
+    instead of runs of C values. Falls back to the three layers where this does not apply."""
+
+    def __init__(self, conv, norm, pool):
+        self.conv, self.norm, self.pool = conv, norm, pool
+        self._cache = None  # (the convolution's cache, winners) after a fused forward, else None
+
+    def _fuses(self, x, out_shape) -> bool:
+        conv, pool = self.conv, self.pool
+        return (get_array_module(x) is np and x.ndim == 4 and pool.kernel_size == (2, 2)
+                and pool.stride == (2, 2) and out_shape[2] % 2 == 0 and out_shape[3] % 2 == 0
+                and winograd_applies(conv.kernel_size, conv.stride, conv.groups, conv.in_channels,
+                                     conv.out_channels))
+
+    def forward(self, x, training: bool = False):
+        """x (N, C, H, W) -> pool(norm(conv(x))) (N, O, H'/2, W'/2), channels-last when fused."""
+        conv, norm, pool = self.conv, self.norm, self.pool
+        out_shape = conv.output_shape(x.shape)
+        pool.output_shape(out_shape)
+        self._cache = None
+        if not self._fuses(x, out_shape):
+            return pool.forward(norm.forward(conv.forward(x, training=training), training=training),
+                                training=training)
+        conv._cache = pool._cache = None  # the layers' own caches would be stale
+        taps, conv_cache = winograd_conv_forward(x, conv.params["W"], conv.params.get("b"), conv.padding,
+                                                 keep_transformed=training, pooling_taps=True)
+        taps = norm.forward(taps, training=training)  # (N, O, 2, 2, H'/2, W'/2)
+        y = empty_in_layout(np, out_shape[:2] + (out_shape[2] // 2, out_shape[3] // 2), x.dtype, last=True)
+        winners = max_of_planes([taps[:, :, r, s] for r in range(2) for s in range(2)], y)
+        self._cache = (conv_cache, winners)
+        return y
+
+    def backward(self, dy):
+        """dy (N, O, H'/2, W'/2) -> dx (N, C, H, W) (None without input gradient); fills the grads of
+        conv and norm."""
+        if self._cache is None:
+            return self.conv.backward(self.norm.backward(self.pool.backward(dy)))
+        conv_cache, winners = self._cache
+        n, o, half_h, half_w = dy.shape
+        taps = empty_in_layout(np, (n, o, 2, 2, half_h, half_w), dy.dtype, last=True)
+        spread_to_planes(dy, winners, [taps[:, :, r, s] for r in range(2) for s in range(2)])
+        dx, dW, db = winograd_conv_backward(self.norm.backward(taps), conv_cache, self.conv.input_grad)
+        self.conv.grads["W"] = dW
+        if self.conv.bias:
+            self.conv.grads["b"] = db
+        return dx
+
+
+def max_of_planes(planes, out):
+    """2x2 max pooling of four planes (the taps (0, 0), (0, 1), (1, 0), (1, 1) of every window, any
+    equal shapes) into ``out``; returns the winners (right of the top pair, right of the bottom pair,
+    bottom over top), boolean arrays of that shape. Strictly greater moves the winner right or down,
+    so ties keep the first maximum in row-major order, as ``MaxPool2D``."""
+    p00, p01, p10, p11 = planes
+    top, bottom = np.maximum(p00, p01), np.maximum(p10, p11)
+    winners = (p01 > p00, p11 > p10, bottom > top)
+    np.maximum(top, bottom, out=out)
+    return winners
+
+
+def spread_to_planes(grad, winners, planes):
+    """Adjoint of ``max_of_planes``: each of the four ``planes`` gets ``grad`` where its tap won,
+    zero elsewhere (a multiply and a subtract per split, no masks built)."""
+    right_top, right_bottom, down = winners
+    top = np.multiply(grad, ~down)
+    bottom = np.subtract(grad, top)
+    for first, share, right in ((0, top, right_top), (2, bottom, right_bottom)):
+        np.multiply(share, ~right, out=planes[first])
+        np.subtract(share, planes[first], out=planes[first + 1])
+
+
 def _unfold_tap_major(cols, x_chunk, kernel: tuple, half: tuple):
     """cols (C, kh, kw, m, 2, 2, H'/2, W'/2) <- the stride-1 windows of x_chunk (m, C, H, W), output
     position (2 i + r, 2 j + s) stored at [..., r, s, i, j]."""
@@ -106,12 +181,7 @@ def conv_max_pool_forward(x, W, b, padding: tuple):
         np.matmul(cols.reshape(depth, m, 4 * pooled).transpose(1, 2, 0), w_t, out=taps.reshape(m, -1, o))
         if b is not None:
             taps += b
-        top, bottom = np.maximum(taps[:, 0], taps[:, 1]), np.maximum(taps[:, 2], taps[:, 3])
-        # strictly greater moves the winner right or down: ties keep the first in row-major order
-        right_top, right_bottom = taps[:, 1] > taps[:, 0], taps[:, 3] > taps[:, 2]
-        down = bottom > top
-        np.maximum(top, bottom, out=y_rows[n0:n1])
-        return right_top, right_bottom, down
+        return max_of_planes([taps[:, t] for t in range(4)], y_rows[n0:n1])
 
     winners = map_chunks(np, work, chunks)
     return y, (xpad, chunks, winners)
@@ -127,15 +197,10 @@ def conv_max_pool_backward(dy, cache, w_shape: tuple):
     rows = rows.reshape(n, pooled, o)
 
     def work(n0, n1, chunk_winners):
-        right_top, right_bottom, down = chunk_winners
         m = n1 - n0
         grad = rows[n0:n1]
         taps = np.empty((m, 4, pooled, o), dtype=dy.dtype)  # dy on the winning tap, zero elsewhere
-        top = np.multiply(grad, ~down)
-        bottom = np.subtract(grad, top)
-        for plane, share, right in ((0, top, right_top), (2, bottom, right_bottom)):
-            np.multiply(share, ~right, out=taps[:, plane])
-            np.subtract(share, taps[:, plane], out=taps[:, plane + 1])
+        spread_to_planes(grad, chunk_winners, [taps[:, t] for t in range(4)])
         cols = np.empty((xpad.shape[1],) + kernel + (m, 2, 2) + tuple(dy.shape[2:]), dtype=dy.dtype)
         _unfold_tap_major(cols, xpad[n0:n1], kernel, tuple(dy.shape[2:]))
         dw = cols.reshape(depth, -1) @ taps.reshape(-1, o)  # (depth, O)

@@ -9,8 +9,9 @@ import numpy as np
 from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
 from actionrec.nn.conv import Conv2D
-from actionrec.nn.conv_pool import ConvMaxPool
+from actionrec.nn.conv_pool import ConvMaxPool, ConvNormMaxPool
 from actionrec.nn.layers import ReLU
+from actionrec.nn.normalization import BatchNorm
 from actionrec.nn.pool import MaxPool2D, MaxPool3D
 
 
@@ -58,9 +59,11 @@ class Sequential:
 
     def _units(self) -> list:
         """``run_order`` with each first convolution (no input gradient) and the max pooling right after
-        it as one ``ConvMaxPool`` unit: on the CPU the pair then runs as one pass whose pooling reads
-        whole planes (``actionrec.nn.conv_pool``; the same numbers as the two layers). Built once per
-        model (the units keep the pair's cache between forward and backward)."""
+        it as one ``ConvMaxPool`` unit, and each convolution, BatchNorm and max pooling in a row as one
+        ``ConvNormMaxPool``: on the CPU the convolution then writes the pooling windows' taps as whole
+        planes, which the pooling reads in long runs (``actionrec.nn.conv_pool``; the same results as
+        the layers one by one, to rounding). Built once per model (the units keep their caches between
+        forward and backward)."""
         order = self.run_order()
         key = tuple((id(layer), getattr(layer, "input_grad", None)) for layer in order)
         if getattr(self, "_unit_key", None) != key:
@@ -70,6 +73,10 @@ class Sequential:
                         and type(order[i + 1]) is MaxPool2D):
                     units.append(ConvMaxPool(order[i], order[i + 1]))
                     i += 2
+                elif (type(order[i]) is Conv2D and i + 2 < len(order) and type(order[i + 1]) is BatchNorm
+                        and type(order[i + 2]) is MaxPool2D):
+                    units.append(ConvNormMaxPool(*order[i:i + 3]))
+                    i += 3
                 else:
                     units.append(order[i])
                     i += 1

@@ -148,7 +148,11 @@ def _grid_last(xp, chunk, padding: tuple, size: tuple):
     ``size`` (Hs, Ws): the tile-major layout the transforms work in (every map a long contiguous
     inner run). A channels-last chunk is copied in runs of C values (no transpose); a C-order one is
     transposed straight into the grid, in blocks of maps about 32 KB large. Only the border is zeroed."""
-    m, c, h, w = chunk.shape
+    if chunk.ndim == 6:  # tap-major (m, C, 2, 2, h/2, w/2) (``pooling_taps``), channels-last in memory
+        m, c, _, _, half_h, half_w = chunk.shape
+        h, w = 2 * half_h, 2 * half_w
+    else:
+        m, c, h, w = chunk.shape
     (ph, pw), (hs, ws) = padding, size
     k = m * c
     out = xp.empty((hs, ws, k), dtype=chunk.dtype)
@@ -156,6 +160,9 @@ def _grid_last(xp, chunk, padding: tuple, size: tuple):
                        ((ph, ph + h), (pw + w, ws))):
         out[rows[0]:rows[1], cols[0]:cols[1]] = 0
     interior = out[ph:ph + h, pw:pw + w]
+    if chunk.ndim == 6:
+        interior.reshape(half_h, 2, half_w, 2, m, c)[...] = chunk.transpose(4, 2, 5, 3, 0, 1)
+        return out
     if lies_channels_last(chunk):
         interior.reshape(h, w, m, c)[...] = chunk.transpose(2, 3, 0, 1)
         return out
@@ -172,6 +179,10 @@ def _grid_last(xp, chunk, padding: tuple, size: tuple):
 def _grid_first(xp, grid, out):
     """Inverse of ``_grid_last``: the (h, w) corner of grid (Hs, Ws, m C) into out (m, C, h, w), in
     runs of C values when ``out`` is channels-last, by a blocked transpose otherwise."""
+    if out.ndim == 6:  # tap-major (m, C, 2, 2, h/2, w/2), channels-last in memory
+        m, c, _, _, half_h, half_w = out.shape
+        out.transpose(4, 2, 5, 3, 0, 1)[...] = grid[:2 * half_h, :2 * half_w].reshape(half_h, 2, half_w, 2, m, c)
+        return
     m, c, h, w = out.shape
     corner = grid[:h, :w]
     if lies_channels_last(out):
@@ -294,12 +305,15 @@ def kernel_gradient(du_t, m: int, r: int):
     return xp.ascontiguousarray(dw_t.reshape(r, r, c, o).transpose(3, 2, 0, 1))
 
 
-def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True):
+def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True, pooling_taps: bool = False):
     """r x r stride-1 convolution (r = 3 or 5) by Winograd F(m x m, r x r), m = ``output_tile(...)``.
 
     x (N, C, H, W), W (O, C, r, r), b (O,) or None, padding (ph, pw)
     -> y (N, O, H + 2 ph - r + 1, W + 2 pw - r + 1), laid out channels-last in memory (see
     ``actionrec.nn.layout``), and the cache for ``winograd_conv_backward``. x may be laid out either way.
+    With ``pooling_taps`` (an even output size) y is instead (N, O, 2, 2, Ho/2, Wo/2) with
+    y[n, o, r, s, i, j] the output at (2 i + r, 2 j + s): the four taps of 2x2 pooling windows as
+    whole planes (``actionrec.nn.conv_pool``); backward then takes dout in that shape too.
 
     With ``keep_transformed`` (training) the cache keeps the transformed input V of every chunk (n^2 / m^2
     times the input's size: 2.25x for 3x3 kernels, 4x for 5x5) and the transformed kernels, which
@@ -319,7 +333,8 @@ def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True
     # y is written channels-last: from the tile-major grid that is a copy in runs of O values, where
     # C order needs a transpose; the layers after it keep the layout (BatchNorm, ReLU, pooling), and
     # the next Winograd layer reads it the same cheap way.
-    y = empty_in_layout(xp, (n, o, ho, wo), x.dtype, last=True)
+    y_shape = (n, o, 2, 2, ho // 2, wo // 2) if pooling_taps else (n, o, ho, wo)
+    y = empty_in_layout(xp, y_shape, x.dtype, last=True)
 
     def work(n0, n1):
         items = n1 - n0
@@ -332,7 +347,7 @@ def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True
         _output_transform(mm.reshape(size, size, th, tw, items * o), at, y_grid)
         _grid_first(xp, y_grid, y[n0:n1])
         if b is not None:
-            y[n0:n1] += b.reshape(o, 1, 1)
+            y[n0:n1] += b.reshape((o,) + (1,) * (y.ndim - 2))
         return v if keep_transformed else None
 
     transformed = map_chunks(xp, work, _chunks(xp, n, size * size * max(c, o) * th * tw))
@@ -343,8 +358,9 @@ def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True
 
 
 def winograd_conv_backward(dout, cache, need_dx: bool = True):
-    """Mirror of ``winograd_conv_forward``: dout (N, O, Ho, Wo), either layout -> (dx (N, C, H, W)
-    laid out as x was, or None; dW (O, C, r, r), db (O,))."""
+    """Mirror of ``winograd_conv_forward``: dout (N, O, Ho, Wo), either layout, or tap-major
+    (N, O, 2, 2, Ho/2, Wo/2) channels-last -> (dx (N, C, H, W) laid out as x was, or None; dW (O, C,
+    r, r), db (O,))."""
     xp = get_array_module(dout)
     x, transformed, u_t, W, (x_shape, x_last, padding, m) = cache
     n, c, h, w = x_shape
