@@ -1,6 +1,7 @@
 """The fused units of ``actionrec.nn.conv_pool`` (a first convolution + 2x2 max pooling; a Winograd
-convolution + BatchNorm + 2x2 max pooling) against the layers run one after the other: the same outputs bit for bit, the same tie-breaking, gradients to rounding
-(and against finite differences in float64), the fallbacks, and Sequential's use of it."""
+convolution + BatchNorm + 2x2 max pooling) against the layers run one after the other: the outputs
+(bit for bit for the first), the tie-breaking, the gradients to rounding (and against finite
+differences in float64), the fallbacks, and Sequential's grouping."""
 
 import numpy as np
 import pytest
@@ -136,7 +137,8 @@ def test_falls_back_to_the_layers_where_the_fused_pass_does_not_apply(rng):
         (Conv2D(2, 32, 3, rng=0, dtype="float64", input_grad=False), MaxPool2D(2, stride=1), (2, 2, 8, 8)),
         (Conv2D(2, 32, 3, groups=2, rng=0, dtype="float64", input_grad=False), MaxPool2D(2), (2, 2, 8, 8)),
         (Conv2D(2, 4, 3, rng=0, dtype="float64", input_grad=False), MaxPool2D(2), (2, 2, 8, 8)),  # thin: banded
-        (Conv2D(16, 16, 3, padding=1, rng=0, dtype="float64", input_grad=False), MaxPool2D(2), (2, 16, 8, 8)),  # Winograd
+        (Conv2D(16, 16, 3, padding=1, rng=0, dtype="float64", input_grad=False), MaxPool2D(2),
+         (2, 16, 8, 8)),  # Winograd
         (Conv2D(2, 32, 3, rng=0, dtype="float64", input_grad=True), MaxPool2D(2), (2, 2, 8, 8)),  # needs dx
     ]
     for conv, pool, shape in cases:

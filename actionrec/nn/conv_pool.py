@@ -1,22 +1,31 @@
-"""A first convolution and the 2x2 max pooling after it, run as one pass on the CPU.
+"""Convolutions whose 2x2 max pooling reads whole planes: two units that ``Sequential`` runs in
+place of the layers, on the CPU.
 
-MNIST's first layer (1 -> 32 maps, 5x5) is followed by 2x2 max pooling. Run separately, the pooling
-reads the convolution's channels-last output in runs of 32 values (the two columns of a window lie one
-map-vector apart), and numpy's per-run cost, not the data, sets its time: at batch 32 it took about as
-long as the convolution. Here the batched im2col core orders its output positions tap-major instead,
+Run separately, 2x2 max pooling reads a convolution's channels-last output in runs of C values (the
+two columns of a window lie one map-vector apart), and numpy's per-run cost, not the data, sets its
+time: after MNIST's first layer (32 maps) it took about as long as the convolution. Both units have
+the convolution write its output positions tap-major instead, position (2 i + r, 2 j + s) at
+[r, s, i, j], so the four taps (r, s) of every window are whole planes and the pooling is three
+``maximum`` calls over planes (``max_of_planes``). The winners follow ``MaxPool2D`` exactly (the first
+maximum in row-major order of the window wins ties: strictly greater to move right or down); backward
+spreads dy over the planes (``spread_to_planes``).
 
-    cols[(c, *taps), n, (r, s, i, j)] = x_padded[n, c, 2 i + r + taps_h, 2 j + s + taps_w]
+- ``ConvMaxPool``: a first convolution (no input gradient) on the batched im2col core, stride 1, no
+  groups, then ``MaxPool2D(2)`` (MNIST's and numpycnn's first layer). The im2col columns are ordered
+  tap-major,
 
-so the GEMM writes, per item, the four window taps (r, s) as four separate (H/2 * W/2, O) planes, and
-the pooling is three ``maximum`` calls over whole planes. The winners follow ``MaxPool2D`` exactly (the
-first maximum in row-major order of the window wins ties: strictly greater to move right or down), and
-the bias is added before the pooling as in the separate layers, so outputs are the same numbers. The
-backward spreads dy over the four planes (one multiply and one subtract per split) and takes dW from
-them with the tap-major columns; the pre-pooling output is never stored.
+      cols[(c, *taps), n, (r, s, i, j)] = x_padded[n, c, 2 i + r + taps_h, 2 j + s + taps_w],
 
-Used by ``Sequential`` for a ``Conv2D`` that runs on the batched core, has no input gradient (a first
-layer), stride 1 and no groups, directly followed by ``MaxPool2D(2)`` on an output of even size, on
-numpy arrays. Anything else runs the two layers one after the other (``ConvMaxPool`` decides per call).
+  so the GEMM writes the planes; the bias is added before the pooling, as in the layers, so outputs
+  are the same numbers; dW comes from the spread planes and the tap-major columns; the pre-pooling
+  output is never stored.
+- ``ConvNormMaxPool``: a Winograd convolution, BatchNorm and ``MaxPool2D(2)`` (CIFAR's stage ends).
+  ``winograd_conv_forward(..., pooling_taps=True)`` writes (N, O, 2, 2, H/2, W/2); BatchNorm runs on
+  that array unchanged (per-channel statistics do not depend on the order of positions, though its
+  sums then round differently); the Winograd backward reads the tap-major gradient.
+
+Each unit checks per call that it applies (numpy arrays, an even output size, the core it replaces)
+and otherwise runs its layers one after the other.
 """
 
 from __future__ import annotations
