@@ -272,6 +272,8 @@ def test_winograd_pooling_taps_reorders_positions(rng):
     for r in range(2):
         for s in range(2):
             np.testing.assert_array_equal(taps[:, :, r, s], y[:, :, r::2, s::2])
+    with pytest.raises(ValueError, match="even output size"):
+        winograd_conv_forward(x[:, :, :7], W, b, (1, 1), pooling_taps=True)
     dy = rng.standard_normal(y.shape)
     dy_taps = np.stack([np.stack([dy[:, :, r::2, s::2] for s in range(2)], axis=2) for r in range(2)], axis=2)
     for got, want in zip(winograd_conv_backward(dy_taps, taps_cache), winograd_conv_backward(dy, cache)):

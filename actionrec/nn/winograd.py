@@ -333,6 +333,8 @@ def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True
     # y is written channels-last: from the tile-major grid that is a copy in runs of O values, where
     # C order needs a transpose; the layers after it keep the layout (BatchNorm, ReLU, pooling), and
     # the next Winograd layer reads it the same cheap way.
+    if pooling_taps and (ho % 2 or wo % 2):
+        raise ValueError(f"pooling_taps needs an even output size, got {ho} x {wo}")
     y_shape = (n, o, 2, 2, ho // 2, wo // 2) if pooling_taps else (n, o, ho, wo)
     y = empty_in_layout(xp, y_shape, x.dtype, last=True)
 
