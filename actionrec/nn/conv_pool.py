@@ -35,7 +35,7 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.nn.batched_conv import _item_chunks, _pad
 from actionrec.nn.im2col import window_view
-from actionrec.nn.layout import channels_last_view, empty_in_layout, lies_channels_last
+from actionrec.nn.layout import channels_last_view, empty_in_layout
 from actionrec.nn.parallel import map_chunks
 from actionrec.nn.winograd import winograd_applies, winograd_conv_backward, winograd_conv_forward
 
@@ -50,10 +50,9 @@ class ConvMaxPool:
         self._cache = None  # (x padded, chunks, winners per chunk) after a fused forward, else None
 
     def _fuses(self, x, out_shape) -> bool:
-        conv, pool = self.conv, self.pool
-        return (get_array_module(x) is np and x.ndim == 4 and not conv.input_grad and conv.groups == 1
-                and conv.stride == (1, 1) and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
-                and out_shape[2] % 2 == 0 and out_shape[3] % 2 == 0 and conv._batched(out_shape)
+        conv = self.conv
+        return (_pools_planes(x, self.pool, out_shape) and not conv.input_grad and conv.groups == 1
+                and conv.stride == (1, 1) and conv._batched(out_shape)
                 and not winograd_applies(conv.kernel_size, conv.stride, conv.groups, conv.in_channels,
                                          conv.out_channels))
 
@@ -74,10 +73,7 @@ class ConvMaxPool:
         """dy (N, O, H'/2, W'/2) -> None (the fused convolution has no input gradient); fills conv's grads."""
         if self._cache is None:
             return self.conv.backward(self.pool.backward(dy))
-        dW, db = conv_max_pool_backward(dy, self._cache, self.conv.params["W"].shape)
-        self.conv.grads["W"] = dW
-        if self.conv.bias:
-            self.conv.grads["b"] = db
+        _set_grads(self.conv, *conv_max_pool_backward(dy, self._cache, self.conv.params["W"].shape))
         return None
 
 
@@ -93,11 +89,9 @@ class ConvNormMaxPool:
         self._cache = None  # (the convolution's cache, winners) after a fused forward, else None
 
     def _fuses(self, x, out_shape) -> bool:
-        conv, pool = self.conv, self.pool
-        return (get_array_module(x) is np and x.ndim == 4 and pool.kernel_size == (2, 2)
-                and pool.stride == (2, 2) and out_shape[2] % 2 == 0 and out_shape[3] % 2 == 0
-                and winograd_applies(conv.kernel_size, conv.stride, conv.groups, conv.in_channels,
-                                     conv.out_channels))
+        conv = self.conv
+        return _pools_planes(x, self.pool, out_shape) and winograd_applies(
+            conv.kernel_size, conv.stride, conv.groups, conv.in_channels, conv.out_channels)
 
     def forward(self, x, training: bool = False):
         """x (N, C, H, W) -> pool(norm(conv(x))) (N, O, H'/2, W'/2), channels-last when fused."""
@@ -113,7 +107,7 @@ class ConvNormMaxPool:
                                                  keep_transformed=training, pooling_taps=True)
         taps = norm.forward(taps, training=training)  # (N, O, 2, 2, H'/2, W'/2)
         y = empty_in_layout(np, out_shape[:2] + (out_shape[2] // 2, out_shape[3] // 2), x.dtype, last=True)
-        winners = max_of_planes([taps[:, :, r, s] for r in range(2) for s in range(2)], y)
+        winners = max_of_planes(_planes(taps), y)
         self._cache = (conv_cache, winners)
         return y
 
@@ -125,12 +119,29 @@ class ConvNormMaxPool:
         conv_cache, winners = self._cache
         n, o, half_h, half_w = dy.shape
         taps = empty_in_layout(np, (n, o, 2, 2, half_h, half_w), dy.dtype, last=True)
-        spread_to_planes(dy, winners, [taps[:, :, r, s] for r in range(2) for s in range(2)])
+        spread_to_planes(dy, winners, _planes(taps))
         dx, dW, db = winograd_conv_backward(self.norm.backward(taps), conv_cache, self.conv.input_grad)
-        self.conv.grads["W"] = dW
-        if self.conv.bias:
-            self.conv.grads["b"] = db
+        _set_grads(self.conv, dW, db)
         return dx
+
+
+def _pools_planes(x, pool, out_shape) -> bool:
+    """What both units need of the pooling: numpy input of a 2D layer, 2x2 windows of stride 2, and
+    an output of even size (so every position belongs to one window)."""
+    return (get_array_module(x) is np and x.ndim == 4 and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
+            and out_shape[2] % 2 == 0 and out_shape[3] % 2 == 0)
+
+
+def _planes(taps):
+    """The four tap planes (0, 0), (0, 1), (1, 0), (1, 1) of a tap-major (N, O, 2, 2, h, w) array."""
+    return [taps[:, :, r, s] for r in range(2) for s in range(2)]
+
+
+def _set_grads(conv, dW, db):
+    """The convolution's gradients, as its own backward would set them."""
+    conv.grads["W"] = dW
+    if conv.bias:
+        conv.grads["b"] = db
 
 
 def max_of_planes(planes, out):
@@ -202,8 +213,7 @@ def conv_max_pool_backward(dy, cache, w_shape: tuple):
     n, o = dy.shape[:2]
     kernel = tuple(w_shape[2:])
     depth, pooled = int(np.prod(w_shape[1:])), dy.shape[2] * dy.shape[3]
-    rows = channels_last_view(dy) if lies_channels_last(dy) else np.ascontiguousarray(channels_last_view(dy))
-    rows = rows.reshape(n, pooled, o)
+    rows = np.ascontiguousarray(channels_last_view(dy)).reshape(n, pooled, o)  # no copy if channels-last
 
     def work(n0, n1, chunk_winners):
         m = n1 - n0
