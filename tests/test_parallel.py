@@ -13,6 +13,17 @@ def test_map_chunks_keeps_order_and_runs_every_chunk():
     assert parallel.map_chunks(np, lambda a, b: (a, b, b - a), chunks) == [(a, b, 3) for a, b in chunks]
 
 
+@pytest.mark.parametrize("chunks", [1, 2, 5])
+def test_sum_parts_totals_each_position(chunks):
+    rng = np.random.default_rng(chunks)
+    parts = [(rng.standard_normal((3, 4)), rng.standard_normal(4)) for _ in range(chunks)]
+    expected = [sum(p[i] for p in parts) for i in range(2)]
+    totals = parallel.sum_parts(parts)
+    assert len(totals) == 2
+    for total, want in zip(totals, expected):
+        np.testing.assert_allclose(total, want, rtol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(2, 600, 1000), (5, 3), (1, 2_000_000)])
 def test_elementwise_equals_one_call(shape):
     rng = np.random.default_rng(0)

@@ -35,7 +35,7 @@ from actionrec.backend import get_array_module
 from actionrec.nn.banded import flipped_kernels
 from actionrec.nn.im2col import output_size, window_view
 from actionrec.nn.layout import channels_last_view, empty_in_layout, lies_channels_last
-from actionrec.nn.parallel import item_chunks, map_chunks
+from actionrec.nn.parallel import item_chunks, map_chunks, sum_parts
 
 # Column-matrix elements built at once per chunk (whole items, at least one): about 2 MB of float32.
 _COLS_ELEMENTS = 1 << 19
@@ -252,10 +252,5 @@ def batched_conv_backward(dout, cache, need_dx: bool = True):
             dx[n0:n1] = dx_chunk[(slice(None), slice(None)) + inner]
         return dw, db
 
-    parts = map_chunks(xp, work, _item_chunks(xp, n, depth * positions))
-    dw = parts[0][0]
-    db = parts[0][1]
-    for part_dw, part_db in parts[1:]:
-        dw += part_dw
-        db += part_db
+    dw, db = sum_parts(map_chunks(xp, work, _item_chunks(xp, n, depth * positions)))
     return dx, dw.reshape(W.shape), db.reshape(o)

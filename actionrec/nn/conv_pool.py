@@ -36,7 +36,7 @@ from actionrec.backend import get_array_module
 from actionrec.nn.batched_conv import _item_chunks, _pad
 from actionrec.nn.im2col import window_view
 from actionrec.nn.layout import channels_last_view, empty_in_layout
-from actionrec.nn.parallel import map_chunks
+from actionrec.nn.parallel import map_chunks, sum_parts
 from actionrec.nn.winograd import winograd_applies, winograd_conv_backward, winograd_conv_forward
 
 
@@ -225,9 +225,5 @@ def conv_max_pool_backward(dy, cache, w_shape: tuple):
         dw = cols.reshape(depth, -1) @ taps.reshape(-1, o)  # (depth, O)
         return dw, np.einsum("ij->j", grad.reshape(-1, o))
 
-    parts = map_chunks(np, work, [chunk + (w,) for chunk, w in zip(chunks, winners)])
-    dw, db = parts[0]
-    for part_dw, part_db in parts[1:]:
-        dw += part_dw
-        db += part_db
+    dw, db = sum_parts(map_chunks(np, work, [chunk + (w,) for chunk, w in zip(chunks, winners)]))
     return np.ascontiguousarray(dw.T).reshape(w_shape), db

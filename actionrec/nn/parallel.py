@@ -78,6 +78,17 @@ def map_chunks(xp, work, chunks):
     return results
 
 
+def sum_parts(parts):
+    """Totals of per-chunk partial results: parts [(a, b, ...)] from ``map_chunks`` -> (sum of the a,
+    sum of the b, ...), added in place into the first chunk's arrays (a weight and a bias gradient
+    summed over the chunks of a batch)."""
+    totals = tuple(parts[0])
+    for part in parts[1:]:
+        for total, value in zip(totals, part):
+            total += value
+    return totals
+
+
 # Element-wise work below this many elements runs on one thread: the hand-off (tens of microseconds)
 # costs more than it saves.
 _PARALLEL_ELEMENTS = 1 << 18

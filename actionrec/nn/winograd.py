@@ -45,7 +45,7 @@ import numpy as np
 
 from actionrec.backend import get_array_module
 from actionrec.nn.layout import empty_in_layout, lies_channels_last
-from actionrec.nn.parallel import item_chunks, map_chunks, one_blas_thread
+from actionrec.nn.parallel import item_chunks, map_chunks, one_blas_thread, sum_parts
 
 # Transformed-domain elements (n^2 x channels x tiles) per chunk: about 2 MB of float32, so that the
 # transform, the GEMMs and the inverse transform of a chunk run near the caches.
@@ -412,9 +412,5 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True):
         return du_t, db
 
     kept = transformed if transformed is not None else [None] * len(chunks)
-    parts = map_chunks(xp, work, [chunk + (v,) for chunk, v in zip(chunks, kept)])
-    du_t, db = parts[0]
-    for part_du, part_db in parts[1:]:
-        du_t += part_du
-        db += part_db
+    du_t, db = sum_parts(map_chunks(xp, work, [chunk + (v,) for chunk, v in zip(chunks, kept)]))
     return dx, kernel_gradient(du_t, m, r), db
