@@ -143,7 +143,9 @@ def elementwise(xp, fn, out, *arrays):
 
 
 # Products below this many multiply-adds run as one call: splitting them gains less than the hand-off.
-_PARALLEL_MACS = 1 << 22
+# MNIST's dense layer at batch 32 (32 x 1024 x 128, 4M): forward + backward 0.64 ms split, 0.36 ms in
+# one call; at 16M equal, at 26M (3136 x 256) splitting wins, 1.60 against 2.10 ms (Intel Xeon VM).
+_PARALLEL_MACS = 1 << 24
 
 
 def matmul(xp, a, b):
