@@ -48,12 +48,13 @@ def separate(conv, pool, x, dy):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_matches_the_two_layers(rng, case, dtype):
+@pytest.mark.parametrize("training", [True, False])  # backward from kept columns, or unfolding again
+def test_matches_the_two_layers(rng, case, dtype, training):
     conv, pool = layers_for(case, dtype)
     conv.params["b"][...] = rng.standard_normal(conv.params["b"].shape)
     x = rng.standard_normal(case[0]).astype(dtype)
     unit = ConvMaxPool(conv, pool)
-    y = unit.forward(x, training=True)
+    y = unit.forward(x, training=training)
     assert unit._cache is not None, "the fused pass should have run"
     assert y.dtype == dtype and lies_channels_last(y) or y.shape[1] == 1
     dy = rng.standard_normal(y.shape).astype(dtype)
@@ -88,12 +89,15 @@ def test_ties_go_to_the_first_tap_in_row_major_order(rng):
     np.testing.assert_array_equal(db, db_ref)
 
 
-def test_gradients_match_finite_differences(rng):
+@pytest.mark.parametrize("keep_columns", [False, True])
+def test_gradients_match_finite_differences(rng, keep_columns):
+    """Both backward paths: columns unfolded again (evaluation forward) and kept from the forward."""
     conv, pool = layers_for(((2, 2, 8, 10), 25, (3, 3), (1, 1)), np.float64)
     x = rng.standard_normal((2, 2, 8, 10))
     W, b = conv.params["W"], conv.params["b"]
     b[...] = rng.standard_normal(b.shape)
-    y, cache = conv_max_pool_forward(x, W, b, (1, 1))
+    y, cache = conv_max_pool_forward(x, W, b, (1, 1), keep_columns=keep_columns)
+    assert all((cols is not None) == keep_columns for cols in cache[3])
     dy = rng.standard_normal(y.shape)
     dW, db = conv_max_pool_backward(dy, cache, W.shape)
 
