@@ -23,6 +23,7 @@ from actionrec.nn.layout import lies_channels_last
 from actionrec.nn.normalization import BatchNorm
 from actionrec.nn.pool import MaxPool2D
 from actionrec.nn.sequential import Sequential
+from unit_helpers import units_and_layers
 
 # Output maps from 25 up: Conv2D runs such layers on the batched core, which the fused pass replaces
 # (thinner ones go to the banded core, and the pair is not fused).
@@ -171,16 +172,10 @@ def test_sequential_fuses_a_first_convolution_and_its_pool(rng):
                                dtype="float64", dropout=0.0)
     plain = models.build_model("mnist-2conv", 10, input_shape=(1, 16, 16), widths=(4, 16), hidden=8,
                                dtype="float64", dropout=0.0)
-    plain._units = plain.run_order  # the layers one by one
     units = fused._units()
     assert type(units[0]) is ConvMaxPool and units[0].conv is fused.layers[0]
     assert [type(u).__name__ for u in units[1:3]] == ["ReLU", "Conv2D"]  # the second conv has dx: not fused
-    x = rng.standard_normal((3, 1, 16, 16))
-    outs = []
-    for model in (fused, plain):
-        y = model.forward(x, training=True)
-        model.backward(np.ones_like(y))
-        outs.append((y, [g.copy() for _, _, g in model.named_parameters()]))
+    outs = units_and_layers(fused, plain, rng.standard_normal((3, 1, 16, 16)))
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     for a, b in zip(outs[0][1], outs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
@@ -308,15 +303,9 @@ def test_sequential_fuses_convolution_norm_and_pool(rng):
     unit; logits and every gradient as with the layers one by one."""
     kwargs = dict(input_shape=(3, 16, 16), widths=(16, 16, 16), dtype="float64")
     fused, plain = (models.build_model("cifar-vgg", 10, **kwargs) for _ in range(2))
-    plain._units = plain.run_order
     kinds = [type(u).__name__ for u in fused._units()]
     assert kinds.count("ConvNormMaxPool") == 3 and "MaxPool2D" not in kinds
-    x = rng.standard_normal((4, 3, 16, 16))
-    outs = []
-    for model in (fused, plain):
-        y = model.forward(x, training=True)
-        model.backward(np.ones_like(y) / y.size)
-        outs.append((y, [g.copy() for _, _, g in model.named_parameters()]))
+    outs = units_and_layers(fused, plain, rng.standard_normal((4, 3, 16, 16)), mean=True)
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-10, atol=1e-12)
     for a, b in zip(outs[0][1], outs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)

@@ -231,5 +231,6 @@ def conv_max_pool_backward(dy, cache, w_shape: tuple):
         dw = cols.reshape(depth, -1) @ taps.reshape(-1, o)  # (depth, O)
         return dw, np.einsum("ij->j", grad.reshape(-1, o))
 
-    dw, db = sum_parts(map_chunks(np, work, [chunk + kept for chunk, kept in zip(chunks, zip(winners, columns))]))
+    kept = zip(winners, columns)
+    dw, db = sum_parts(map_chunks(np, work, [chunk + chunk_kept for chunk, chunk_kept in zip(chunks, kept)]))
     return np.ascontiguousarray(dw.T).reshape(w_shape), db

@@ -107,10 +107,16 @@ class Flatten(Layer):
         return dx
 
 
-def _tanh_grad(dy, y, out):
-    """out = dy * (1 - y**2), in place: no temporaries."""
+def _one_minus_square(y, out):
+    """out = 1 - y**2 (tanh's derivative from its output), in place: no temporaries."""
     get_array_module(y).multiply(y, y, out=out)
     get_array_module(y).subtract(1, out, out=out)
+    return out
+
+
+def _tanh_grad(dy, y, out):
+    """out = dy * (1 - y**2), in place: no temporaries."""
+    _one_minus_square(y, out)
     out *= dy
     return out
 
@@ -128,6 +134,12 @@ class Tanh(Layer):
         xp = get_array_module(x)
         self._y = elementwise(xp, xp.tanh, xp.empty_like(x), x)
         return self._y
+
+    def derivative(self):
+        """1 - y**2 for the last forward's output y: the factor backward multiplies dy by, as a new
+        array laid out as y (a layer after this one can multiply its own gradient straight into it)."""
+        xp = get_array_module(self._y)
+        return elementwise(xp, _one_minus_square, xp.empty_like(self._y), self._y)
 
     def backward(self, dy):
         """dy (same shape) -> dx = dy * (1 - y**2)."""

@@ -292,12 +292,40 @@ class Subsampling(Layer):
         self._cache = (sums, x.shape)
         return y
 
-    def backward(self, dy):
+    def _param_grads(self, dy):
         xp = get_array_module(dy)
-        sums, x_shape = self._cache
+        sums = self._cache[0]
         # sums over the batch and the grid (einsum: 2-3x faster than a product and a sum here)
         self.grads["W"] = xp.einsum("n...hw,n...hw->...", dy, sums)
         self.grads["b"] = xp.einsum("n...hw->...", dy)
+
+    def tiles_exactly(self) -> bool:
+        """Whether the last forward's windows covered its input exactly (no rows or columns dropped)."""
+        x_shape = self._cache[1]
+        return tuple(x_shape[-2:]) == tuple(s * k for s, k in zip(self._cache[0].shape[-2:], self.kernel_size))
+
+    def backward_scaled(self, dy, factor):
+        """``backward(dy) * factor``, multiplied into ``factor`` (x's shape and layout, C order) and
+        returned: the spread of dy goes straight into the product, with no dx array of its own (the
+        gradient of a Tanh before this layer, ``TanhSubsampling``). The same numbers as the product of
+        ``backward(dy)`` and ``factor``; needs ``tiles_exactly()``."""
+        xp = get_array_module(dy)
+        self._param_grads(dy)
+        kh, kw = self.kernel_size
+        hh, ww = dy.shape[-2:]
+        coef = self._per_map(self.params["W"])
+
+        def work(s, e):  # each output row widened kw times, then multiplied into its kh input rows
+            rows = xp.repeat(dy[s:e] * coef, kw, axis=-1)  # (.., hh, W)
+            factor[s:e].reshape(rows.shape[:-2] + (hh, kh, ww * kw))[...] *= rows[..., :, None, :]
+
+        over_batch(xp, work, dy.shape[0], factor.size)
+        return factor
+
+    def backward(self, dy):
+        xp = get_array_module(dy)
+        x_shape = self._cache[1]
+        self._param_grads(dy)
         kh, kw = self.kernel_size
         hh, ww = dy.shape[-2:]
         coef = self._per_map(self.params["W"])

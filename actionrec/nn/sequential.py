@@ -10,9 +10,10 @@ from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
 from actionrec.nn.conv import Conv2D
 from actionrec.nn.conv_pool import ConvMaxPool, ConvNormMaxPool
-from actionrec.nn.layers import ReLU
+from actionrec.nn.layers import ReLU, Tanh
 from actionrec.nn.normalization import BatchNorm
-from actionrec.nn.pool import MaxPool2D, MaxPool3D
+from actionrec.nn.pool import MaxPool2D, MaxPool3D, Subsampling
+from actionrec.nn.tanh_subsampling import TanhSubsampling
 
 
 class Sequential:
@@ -62,8 +63,10 @@ class Sequential:
         it as one ``ConvMaxPool`` unit, and each convolution, BatchNorm and max pooling in a row as one
         ``ConvNormMaxPool``: on the CPU the convolution then writes the pooling windows' taps as whole
         planes, which the pooling reads in long runs (``actionrec.nn.conv_pool``; the same results as
-        the layers one by one, to rounding). Built once per model (the units keep their caches between
-        forward and backward)."""
+        the layers one by one, to rounding); and each Tanh followed by a Subsampling as one
+        ``TanhSubsampling``, whose backward multiplies the spread gradient straight into 1 - y^2 (the
+        same numbers). Built once per model (the units keep their caches between forward and
+        backward)."""
         order = self.run_order()
         key = tuple((id(layer), getattr(layer, "input_grad", None)) for layer in order)
         if getattr(self, "_unit_key", None) != key:
@@ -77,6 +80,9 @@ class Sequential:
                         and type(order[i + 2]) is MaxPool2D):
                     units.append(ConvNormMaxPool(*order[i:i + 3]))
                     i += 3
+                elif type(order[i]) is Tanh and i + 1 < len(order) and type(order[i + 1]) is Subsampling:
+                    units.append(TanhSubsampling(order[i], order[i + 1]))
+                    i += 2
                 else:
                     units.append(order[i])
                     i += 1
