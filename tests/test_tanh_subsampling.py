@@ -104,6 +104,11 @@ def test_backward_scaled_writes_into_the_factor_and_needs_exact_windows(rng):
     out = sub.backward_scaled(dy, factor)
     assert out is factor
     np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="C-order factor"):  # its product would be lost in a copy
+        sub.backward_scaled(dy, np.asfortranarray(factor))
+    sub.forward(rng.standard_normal((2, 1, 5, 6)), training=True)  # a row dropped
+    with pytest.raises(ValueError, match="tile it exactly"):
+        sub.backward_scaled(dy, rng.standard_normal((2, 1, 5, 6)))
 
 
 def test_sequential_groups_tanh_and_subsampling_in_the_ji_nets(rng):

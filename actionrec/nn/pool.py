@@ -301,8 +301,8 @@ class Subsampling(Layer):
 
     def tiles_exactly(self) -> bool:
         """Whether the last forward's windows covered its input exactly (no rows or columns dropped)."""
-        x_shape = self._cache[1]
-        return tuple(x_shape[-2:]) == tuple(s * k for s, k in zip(self._cache[0].shape[-2:], self.kernel_size))
+        sums, x_shape = self._cache
+        return tuple(x_shape[-2:]) == tuple(s * k for s, k in zip(sums.shape[-2:], self.kernel_size))
 
     def backward_scaled(self, dy, factor):
         """``backward(dy) * factor``, multiplied into ``factor`` (x's shape and layout, C order) and
@@ -310,6 +310,9 @@ class Subsampling(Layer):
         gradient of a Tanh before this layer, ``TanhSubsampling``). The same numbers as the product of
         ``backward(dy)`` and ``factor``; needs ``tiles_exactly()``."""
         xp = get_array_module(dy)
+        if not (factor.flags.c_contiguous and factor.shape == self._cache[1] and self.tiles_exactly()):
+            raise ValueError(f"{self.name}: backward_scaled needs a C-order factor of the input's shape "
+                             f"{self._cache[1]} and windows that tile it exactly")
         self._param_grads(dy)
         kh, kw = self.kernel_size
         hh, ww = dy.shape[-2:]
