@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import actionrec.models as models
+from actionrec.nn.conv import SegmentConv3D
 from actionrec.nn.gradcheck import numerical_gradient, relative_error
 from actionrec.nn.layers import Flatten, ReLU, Tanh
 from actionrec.nn.pool import Subsampling
@@ -111,13 +112,54 @@ def test_backward_scaled_writes_into_the_factor_and_needs_exact_windows(rng):
         sub.backward_scaled(dy, rng.standard_normal((2, 1, 5, 6)))
 
 
+@pytest.mark.parametrize("core", ["fft", "banded"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_segment_convolution_applies_the_activation_as_it_writes(rng, core, dtype):
+    """The same numbers as tanh over the plain output, on both cores (5x5 taps go to the FFT core,
+    2x3 to the banded one); backward is the convolution's, unchanged."""
+    kernel = (2, 5, 5) if core == "fft" else (2, 2, 3)
+    conv = SegmentConv3D((4, 3), 1, 2, kernel, rng=0, dtype=dtype)
+    conv.params["b"][...] = rng.standard_normal(conv.params["b"].shape)
+    x = rng.standard_normal((3, 1, 7, 9, 8)).astype(dtype)
+    plain = conv.forward(x, training=True)
+    activated = conv.forward(x, training=True, activation=np.tanh)
+    np.testing.assert_array_equal(activated, np.tanh(plain))
+    dy = rng.standard_normal(plain.shape).astype(dtype)
+    conv.backward(dy)
+    dW = conv.grads["W"].copy()
+    conv.forward(x, training=True)
+    conv.backward(dy)
+    np.testing.assert_array_equal(dW, conv.grads["W"])
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_with_its_convolution_matches_the_three_layers(rng, exact):
+    conv = SegmentConv3D((4, 3), 1, 2, (2, 5, 5), rng=0, dtype="float64")  # dx too: the unit returns it
+    tanh, sub = pair((2, 5), 2 if exact else 3, np.float64)
+    x = rng.standard_normal((2, 1, 7, 10, 10 if exact else 11))  # maps 6 x 6, or 6 x 7 in 3 x 3 windows
+    unit = TanhSubsampling(tanh, sub, conv=conv)
+    y = unit.forward(x, training=True)
+    assert sub.tiles_exactly() == exact
+    dy = rng.standard_normal(y.shape)
+    dx = unit.backward(dy)
+    got = [y, dx, conv.grads["W"].copy(), conv.grads["b"].copy(), sub.grads["W"].copy()]
+    y_ref = sub.forward(tanh.forward(conv.forward(x, training=True), training=True), training=True)
+    dx_ref = conv.backward(tanh.backward(sub.backward(dy)))
+    want = [y_ref, dx_ref, conv.grads["W"], conv.grads["b"], sub.grads["W"]]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_sequential_groups_tanh_and_subsampling_in_the_ji_nets(rng):
-    """ji-small: S3 tiles its maps exactly (fused path), S5 drops columns (fallback); logits and every
-    gradient as with the layers one by one."""
+    """ji-small: each segment convolution, its tanh and its subsampling form one unit; S3 tiles its
+    maps exactly (fused backward), S5 drops columns (fallback); logits and every gradient as with the
+    layers one by one."""
     fused = models.build_model("ji-small", 6, dtype="float64")
     plain = models.build_model("ji-small", 6, dtype="float64")
-    names = [type(u).__name__ for u in fused._units()]
-    assert names.count("TanhSubsampling") == 2 and names[1] == "TanhSubsampling"
+    units = fused._units()
+    names = [type(u).__name__ for u in units]
+    assert names[:4] == ["TanhSubsampling", "Tanh", "TanhSubsampling", "Tanh"]
+    assert units[0].conv is fused.layers[0] and units[2].conv is fused.layers[4]
     outs = units_and_layers(fused, plain, rng.standard_normal((2,) + tuple(models.MODELS["ji-small"].input_shape)))
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     for a, b in zip(outs[0][1], outs[1][1]):
@@ -127,5 +169,7 @@ def test_sequential_groups_tanh_and_subsampling_in_the_ji_nets(rng):
 def test_sequential_leaves_other_pairs_alone():
     model = Sequential([Tanh(), Flatten(), ReLU()])
     assert [type(u).__name__ for u in model._units()] == ["Tanh", "Flatten", "ReLU"]
+    model = Sequential([SegmentConv3D((4,), 1, 2, (2, 5, 5)), Tanh(), Flatten()])  # no subsampling
+    assert [type(u).__name__ for u in model._units()] == ["SegmentConv3D", "Tanh", "Flatten"]
     model = Sequential([Subsampling(2, (1,)), Tanh()])  # the other order: not a unit
     assert [type(u).__name__ for u in model._units()] == ["Subsampling", "Tanh"]

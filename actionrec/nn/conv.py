@@ -269,16 +269,23 @@ class SegmentConv3D(Layer):
         biases = [b] * n if (self.shared or b is None) else list(b)
         return kernels, biases
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, activation=None):
+        """x (N, C, T, H, W) -> y (see the class). ``activation`` (an element-wise ufunc of the array
+        library, such as ``tanh``, or None): y is activation(convolution), applied by the FFT core as it
+        writes its output (one pass over the maps fewer than a separate layer; ``TanhSubsampling``) and
+        in place elsewhere. ``backward`` still takes the gradient with respect to the convolution."""
         self.output_shape(x.shape)  # validates
         self._cache = None  # free the previous batch's input before keeping this one
         kernels, biases = self._segment_kernels()
         if get_array_module(x) is np and fft_pays(kernels[0].shape):
-            out, cache = fft_conv_forward(x, kernels, biases, self._starts(), self.groups, keep_spectra=training)
+            out, cache = fft_conv_forward(x, kernels, biases, self._starts(), self.groups, keep_spectra=training,
+                                          activation=activation)
             self._cache = (fft_conv_backward, cache)
-        else:
-            out, cache = banded_conv_forward(x, kernels, biases, self._starts(), (1, 1, 1), (0, 0, 0), self.groups)
-            self._cache = (banded_conv_backward, cache)
+            return out
+        out, cache = banded_conv_forward(x, kernels, biases, self._starts(), (1, 1, 1), (0, 0, 0), self.groups)
+        self._cache = (banded_conv_backward, cache)  # keeps x, not out: out may be activated in place
+        if activation is not None:
+            activation(out, out=out)
         return out
 
     def backward(self, dy):

@@ -91,13 +91,16 @@ def _units(n: int, starts, maps_in: int, maps_out: int, spectrum_elements: int):
     return units
 
 
-def fft_conv_forward(x, kernels, biases, starts, groups, keep_spectra: bool = True):
+def fft_conv_forward(x, kernels, biases, starts, groups, keep_spectra: bool = True, activation=None):
     """Stride-1, unpadded frame-wise grouped convolution of each time segment with its own kernels.
 
     x (N, C, T, *S); kernels: one W (O, C/g, kt, *ks) per segment; biases: matching (O,) arrays or
     Nones; starts: frame boundaries [0, t1, ..., T] -> out (N, O, sum of T_s - kt + 1, *(S - ks + 1)),
     and the cache for the backward pass: the input's spectra with ``keep_spectra`` (training), else a
     reference to x only (evaluation holds no extra memory; a backward after it transforms x again).
+    ``activation`` (a ufunc such as ``np.tanh``, or None): out is activation(convolution), applied as
+    each chunk's inverse transform is cropped into out (the crop is a copy anyway); backward still
+    takes the gradient with respect to the convolution's output.
     """
     _check(x.shape, kernels, starts, groups)
     n, c = x.shape[:2]
@@ -126,7 +129,11 @@ def fft_conv_forward(x, kernels, biases, starts, groups, keep_spectra: bool = Tr
                 dst += np.multiply(src, k, out=tmp)
         if biases[seg] is not None:  # a constant is its DC coefficient: no pass over the output
             yf[dc] += (biases[seg] * math.prod(shape)).astype(x.dtype)[:, None]
-        out[n0:n1, :, out_starts[seg]:out_starts[seg + 1]] = _irfft(yf, shape, out_spatial)
+        target = out[n0:n1, :, out_starts[seg]:out_starts[seg + 1]]
+        if activation is None:
+            target[...] = _irfft(yf, shape, out_spatial)
+        else:
+            activation(_irfft(yf, shape, out_spatial), out=target)
 
     units = _units(n, starts, c, o, math.prod(shape[:-1]) * (shape[-1] // 2 + 1))
     map_chunks(np, work, units)

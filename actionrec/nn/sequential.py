@@ -8,7 +8,7 @@ import numpy as np
 
 from actionrec.backend import get_array_module, to_device
 from actionrec.errors import ShapeError
-from actionrec.nn.conv import Conv2D
+from actionrec.nn.conv import Conv2D, SegmentConv3D
 from actionrec.nn.conv_pool import ConvMaxPool, ConvNormMaxPool
 from actionrec.nn.layers import ReLU, Tanh
 from actionrec.nn.normalization import BatchNorm
@@ -63,10 +63,11 @@ class Sequential:
         it as one ``ConvMaxPool`` unit, and each convolution, BatchNorm and max pooling in a row as one
         ``ConvNormMaxPool``: on the CPU the convolution then writes the pooling windows' taps as whole
         planes, which the pooling reads in long runs (``actionrec.nn.conv_pool``; the same results as
-        the layers one by one, to rounding); and each Tanh followed by a Subsampling as one
-        ``TanhSubsampling``, whose backward multiplies the spread gradient straight into 1 - y^2 (the
-        same numbers). Built once per model (the units keep their caches between forward and
-        backward)."""
+        the layers one by one, to rounding); and each Tanh followed by a Subsampling, with the
+        SegmentConv3D before them if any, as one ``TanhSubsampling``, whose convolution applies the
+        tanh as it writes its output and whose backward multiplies the spread gradient straight into
+        1 - y^2 (the same numbers). Built once per model (the units keep their caches between forward
+        and backward)."""
         order = self.run_order()
         key = tuple((id(layer), getattr(layer, "input_grad", None)) for layer in order)
         if getattr(self, "_unit_key", None) != key:
@@ -79,6 +80,10 @@ class Sequential:
                 elif (type(order[i]) is Conv2D and i + 2 < len(order) and type(order[i + 1]) is BatchNorm
                         and type(order[i + 2]) is MaxPool2D):
                     units.append(ConvNormMaxPool(*order[i:i + 3]))
+                    i += 3
+                elif (type(order[i]) is SegmentConv3D and i + 2 < len(order) and type(order[i + 1]) is Tanh
+                        and type(order[i + 2]) is Subsampling):
+                    units.append(TanhSubsampling(order[i + 1], order[i + 2], conv=order[i]))
                     i += 3
                 elif type(order[i]) is Tanh and i + 1 < len(order) and type(order[i + 1]) is Subsampling:
                     units.append(TanhSubsampling(order[i], order[i + 1]))
