@@ -304,25 +304,35 @@ class Subsampling(Layer):
         sums, x_shape = self._cache
         return tuple(x_shape[-2:]) == tuple(s * k for s, k in zip(sums.shape[-2:], self.kernel_size))
 
+    def scales_into(self, factor) -> bool:
+        """Whether ``backward_scaled`` can multiply into ``factor``: C order (its product would otherwise
+        be lost in a copy), the last forward's input shape, and windows that tile that input exactly."""
+        return factor.flags.c_contiguous and tuple(factor.shape) == tuple(self._cache[1]) and self.tiles_exactly()
+
+    def _window_rows(self, dy, coef, target):
+        """(target (.., H, W) seen as (.., hh, kh, W), dy * coef widened kw times as (.., hh, 1, W)):
+        every output's spread over its window, for windows that tile target exactly."""
+        kh, kw = self.kernel_size
+        hh, ww = dy.shape[-2:]
+        rows = get_array_module(dy).repeat(dy * coef, kw, axis=-1)  # (.., hh, W)
+        return target.reshape(rows.shape[:-2] + (hh, kh, ww * kw)), rows[..., :, None, :]
+
     def backward_scaled(self, dy, factor):
         """``backward(dy) * factor``, multiplied into ``factor`` (x's shape and layout, C order) and
         returned: the spread of dy goes straight into the product, with no dx array of its own (the
         gradient of a Tanh before this layer, ``TanhSubsampling``). The same numbers as the product of
-        ``backward(dy)`` and ``factor``; needs ``tiles_exactly()``."""
-        xp = get_array_module(dy)
-        if not (factor.flags.c_contiguous and factor.shape == self._cache[1] and self.tiles_exactly()):
+        ``backward(dy)`` and ``factor``; needs ``scales_into(factor)``."""
+        if not self.scales_into(factor):
             raise ValueError(f"{self.name}: backward_scaled needs a C-order factor of the input's shape "
                              f"{self._cache[1]} and windows that tile it exactly")
         self._param_grads(dy)
-        kh, kw = self.kernel_size
-        hh, ww = dy.shape[-2:]
         coef = self._per_map(self.params["W"])
 
         def work(s, e):  # each output row widened kw times, then multiplied into its kh input rows
-            rows = xp.repeat(dy[s:e] * coef, kw, axis=-1)  # (.., hh, W)
-            factor[s:e].reshape(rows.shape[:-2] + (hh, kh, ww * kw))[...] *= rows[..., :, None, :]
+            view, spread = self._window_rows(dy[s:e], coef, factor[s:e])
+            view *= spread
 
-        over_batch(xp, work, dy.shape[0], factor.size)
+        over_batch(get_array_module(dy), work, dy.shape[0], factor.size)
         return factor
 
     def backward(self, dy):
@@ -332,15 +342,15 @@ class Subsampling(Layer):
         kh, kw = self.kernel_size
         hh, ww = dy.shape[-2:]
         coef = self._per_map(self.params["W"])
-        exact = x_shape[-2:] == (hh * kh, ww * kw)
+        exact = self.tiles_exactly()
         dx = (xp.empty if exact else xp.zeros)(x_shape, dtype=dy.dtype)
 
         def work(s, e):
-            scaled = dy[s:e] * coef
             if exact:  # each output row widened kw times, then written to its kh input rows at once
-                rows = xp.repeat(scaled, kw, axis=-1)  # (.., hh, W)
-                dx[s:e].reshape(rows.shape[:-2] + (hh, kh, ww * kw))[...] = rows[..., :, None, :]
+                view, spread = self._window_rows(dy[s:e], coef, dx[s:e])
+                view[...] = spread
             else:
+                scaled = dy[s:e] * coef
                 windows = scaled.shape[:-2] + (hh, kh, ww, kw)
                 dx[s:e, ..., : hh * kh, : ww * kw] = xp.broadcast_to(
                     scaled[..., :, None, :, None], windows).reshape(windows[:-4] + (hh * kh, ww * kw))

@@ -39,7 +39,7 @@ class TanhSubsampling:
         """dy (N, *map_shape, H // kh, W // kw) -> dx for the unit's input (None when the convolution
         has no input gradient); fills the grads of sub (and conv)."""
         y = self.tanh._y
-        if self.sub.tiles_exactly() and y.flags.c_contiguous and dy.dtype == y.dtype:
+        if self.sub.scales_into(y) and dy.dtype == y.dtype:  # the derivative is laid out as y
             grad = self.sub.backward_scaled(dy, self.tanh.derivative())
         else:
             grad = self.tanh.backward(self.sub.backward(dy))
