@@ -1,6 +1,6 @@
 """The fused units of ``actionrec.nn.conv_pool`` (a first convolution + 2x2 max pooling; a Winograd
 convolution + BatchNorm + 2x2 max pooling) against the layers run one after the other: the outputs
-(bit for bit for the first), the tie-breaking, the gradients to rounding (and against finite
+(to the last bits), the tie-breaking, the gradients to rounding (and against finite
 differences in float64), the fallbacks, and Sequential's grouping."""
 
 import numpy as np
@@ -62,7 +62,9 @@ def test_matches_the_two_layers(rng, case, dtype, training):
     assert unit.backward(dy) is None
     dW, db = conv.grads["W"].copy(), conv.grads["b"].copy()
     y_ref, dW_ref, db_ref = separate(conv, pool, x, dy)
-    np.testing.assert_array_equal(y, y_ref)  # the same numbers, not just close
+    # The same sums in another row order of one GEMM: equal up to the last bit or two, since
+    # OpenBLAS may round an edge tile differently (seen in float32 with its Haswell kernels).
+    assert np.abs(y - y_ref).max() <= 4 * np.finfo(dtype).eps * np.abs(y_ref).max()
     # summed in another order (tap-major rows): equal to rounding, relative to the largest entry
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for got, want in ((dW, dW_ref), (db, db_ref)):
