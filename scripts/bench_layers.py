@@ -13,6 +13,11 @@ group of kt consecutive frames stacked as input channels of an nn.Conv2d: torch'
     python scripts/bench_layers.py --vs-torch                 # full table, batch 32 and 128
     python scripts/bench_layers.py --only ji-kth --batch 32   # one workload
     python scripts/bench_layers.py --device gpu --vs-torch    # CuPy vs torch+cuDNN
+
+The first line names the processor and the kernels numpy's OpenBLAS runs. Where the environment pins
+them (``OPENBLAS_CORETYPE``, set on some machines for older OpenBLAS builds), unset it for the
+benchmark alone to measure what a current numpy does there:
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/bench_layers.py --vs-torch``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,36 @@ NETS = {  # workload -> (model name, classes)
 
 # ----------------------------------------------------------------------------------------------
 # FLOP counting
+def cpu_name():
+    """The processor's model name (``platform.processor()`` often says only ``x86_64``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_description():
+    """numpy's BLAS and the kernels it chose; notes an ``OPENBLAS_CORETYPE`` that pins them.
+
+    Some machines set ``OPENBLAS_CORETYPE`` (and ``OPENBLAS_L2_SIZE``) for older OpenBLAS builds; on an
+    AVX-512 processor pinned to ``Haswell`` numpy's GEMMs run at about half speed, so a table
+    must say which kernels it ran on.
+    """
+    try:
+        from threadpoolctl import threadpool_info  # noqa: PLC0415  (comes with scikit-learn)
+        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:  # noqa: BLE001  (a description only; never stop a benchmark for it)
+        blas = []
+    text = (f"{blas[0].get('internal_api')} {blas[0].get('version')} "
+            f"({blas[0].get('architecture') or '?'} kernels)") if blas else "BLAS unknown"
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    return text + (f", OPENBLAS_CORETYPE={pinned} set" if pinned else "")
+
+
 def layer_shapes(model, input_shape):
     """[(layer, input shape, output shape)] for a batch-1 forward on zeros."""
     xp = model.layers[0].xp
@@ -343,8 +378,8 @@ def main(argv=None):
             return None
 
     kept = False if args.malloc_default else keep_freed_memory()  # as Trainer.fit does, for both
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}, numpy {np.__version__}"
+    print(f"# machine: {cpu_name()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}, numpy {np.__version__} with {blas_description()}"
           + (f", torch {torch.__version__} ({args.threads} threads)" if torch else "")
           + f"; device {args.device}; malloc keeps freed memory: {'yes' if kept else 'no'}")
     header = f"{'workload':<12} {'impl':<22} {'batch':>5} {'samples/s':>10} {'GFLOP/s':>8} {'ms/step':>9} {'peak MiB':>9} {'x best torch':>15}"
