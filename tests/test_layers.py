@@ -26,18 +26,27 @@ def test_dense_gradients(bias_groups, shape, rng):
     assert_gradients_ok(layer, rng.standard_normal(shape))
 
 
-def test_dense_matches_loop_reference(rng):
-    layer = Dense(4, 3, bias_groups=2, rng=0, dtype="float64")
-    layer.params["b"][...] = rng.standard_normal((3, 2))
-    x = rng.standard_normal((5, 4))
+# fewer rows than outputs: forward computes the transpose of W @ x.T (a column-major y)
+@pytest.mark.parametrize("rows, outputs", [(5, 3), (2, 6)])
+def test_dense_matches_loop_reference(rng, rows, outputs):
+    layer = Dense(4, outputs, bias_groups=2, rng=0, dtype="float64")
+    layer.params["b"][...] = rng.standard_normal((outputs, 2))
+    x = rng.standard_normal((rows, 4))
     W, b = layer.params["W"], layer.params["b"]
-    expected = np.zeros((5, 3))
-    for n in range(5):
-        for o in range(3):
+    expected = np.zeros((rows, outputs))
+    for n in range(rows):
+        for o in range(outputs):
             expected[n, o] = sum(W[o, f] * x[n, f] for f in range(4)) + b[o, 0] + b[o, 1]
     np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-12)
-    dy = rng.standard_normal((5, 3))
-    layer.backward(dy)
+    dy = rng.standard_normal((rows, outputs))
+    dx = layer.backward(dy)
+    for n in range(rows):
+        for f in range(4):
+            assert dx[n, f] == pytest.approx(sum(dy[n, o] * W[o, f] for o in range(outputs)), rel=1e-12)
+    for o in range(outputs):
+        for f in range(4):
+            assert layer.grads["W"][o, f] == pytest.approx(sum(dy[n, o] * x[n, f] for n in range(rows)), rel=1e-12)
+    assert layer.grads["W"].flags.c_contiguous  # as the parameter: the optimizer's passes run in order
     # each bias column gets the whole batch-summed gradient
     np.testing.assert_allclose(layer.grads["b"], np.stack([dy.sum(0)] * 2, axis=1))
 
