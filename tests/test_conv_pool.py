@@ -249,8 +249,10 @@ def test_conv_norm_pool_matches_the_three_layers(rng, case, dtype, training):
         assert a.dtype == dtype and a.shape == b.shape, name
         # db is zero up to rounding in training (BatchNorm removes the mean): compare on dy's scale
         assert np.abs(a - b).max() <= tol * max(np.abs(b).max(), 1.0), name
-    for k in running:
-        np.testing.assert_allclose(fused_running[k], norm.buffers[k], rtol=tol)
+    for k in running:  # on the scale of the largest entry, as above: a running mean near zero is a
+        # cancelling sum whose own relative error says nothing (one at 6e-5 of 3e-2 differed by 5e-5)
+        a, b = fused_running[k], norm.buffers[k]
+        assert np.abs(a - b).max() <= tol * np.abs(b).max(), k
 
 
 def test_conv_norm_pool_without_input_gradient(rng):

@@ -296,16 +296,26 @@ def _kron_g(xp, key: tuple, dtype):
     return xp.asarray(_KRON[cached])
 
 
+# Kernels per product of ``kernel_transform``: (n^2, 256) blocks of U stay in the cache while they
+# are written (CIFAR's 128 x 128 kernels: 233 us in blocks of 256, 336 us in one product).
+_KERNEL_BLOCK = 256
+
+
 def kernel_transform(W, m: int, transposed: bool = False):
     """U = G g G^T for every (output, input) kernel g of F(m, r): W (O, C, r, r) -> U (n^2, O, C), or
-    (n^2, C, O) when ``transposed``; one product with G (x) G (a batch of tiny products measured 12
-    times slower for 128 x 128 3x3 kernels)."""
+    (n^2, C, O) when ``transposed``: U = (G (x) G) @ kernels^T, written in that layout (a batch of
+    tiny products measured 12 times slower for 128 x 128 3x3 kernels, and the product the other way
+    round needs a transposing copy of U, 2.2-2.7 times as long in all)."""
     xp = get_array_module(W)
     o, c, r = W.shape[:3]
     kernels = (W.swapaxes(0, 1) if transposed else W).reshape(o * c, r * r)  # a small copy if swapped
+    kron = _kron_g(xp, (m, r), W.dtype)  # (n^2, r^2)
+    u = xp.empty((kron.shape[0], o * c), dtype=W.dtype)
+    block = _KERNEL_BLOCK if xp is np else o * c  # CuPy: one product
     with one_blas_thread(xp):  # OpenBLAS's own threads would spin on the cores the chunks run on next
-        u = xp.matmul(kernels, _kron_g(xp, (m, r), W.dtype).T)  # (O C, n^2)
-    return xp.ascontiguousarray(u.T).reshape((-1, c, o) if transposed else (-1, o, c))
+        for s in range(0, o * c, block):
+            xp.matmul(kron, kernels[s:s + block].T, out=u[:, s:s + block])
+    return u.reshape((-1, c, o) if transposed else (-1, o, c))
 
 
 def kernel_gradient(du_t, m: int, r: int):
@@ -313,8 +323,8 @@ def kernel_gradient(du_t, m: int, r: int):
     xp = get_array_module(du_t)
     _, c, o = du_t.shape
     with one_blas_thread(xp):
-        dw_t = xp.matmul(_kron_g(xp, (m, r), du_t.dtype).T, du_t.reshape(-1, c * o))  # (r^2, C O)
-    return xp.ascontiguousarray(dw_t.reshape(r, r, c, o).transpose(3, 2, 0, 1))
+        dw = xp.matmul(du_t.reshape(-1, c * o).T, _kron_g(xp, (m, r), du_t.dtype))  # (C O, r^2)
+    return xp.ascontiguousarray(dw.reshape(c, o, r, r).swapaxes(0, 1))  # moves runs of r^2 values
 
 
 def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True, pooling_taps: bool = False):
