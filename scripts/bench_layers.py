@@ -51,7 +51,7 @@ NETS = {  # workload -> (model name, classes)
 
 
 # ----------------------------------------------------------------------------------------------
-# FLOP counting
+# the machine line
 def cpu_name():
     """The processor's model name (``platform.processor()`` often says only ``x86_64``)."""
     try:
@@ -82,6 +82,8 @@ def blas_description():
     return text + (f", OPENBLAS_CORETYPE={pinned} set" if pinned else "")
 
 
+# ----------------------------------------------------------------------------------------------
+# FLOP counting
 def layer_shapes(model, input_shape):
     """[(layer, input shape, output shape)] for a batch-1 forward on zeros."""
     xp = model.layers[0].xp
