@@ -129,13 +129,17 @@ def batched_conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int):
         y = xp.empty((n, o) + out, dtype=x.dtype)
         y_flat = y.reshape(n, groups, og, positions)
     bias = None if b is None else b.reshape(o, 1)
+    # (depth, O) in C order for the per-item products of the channels-last path: OpenBLAS's AVX-512
+    # kernels read it 1.2-1.3x faster than the transposed view of W (CIFAR's first layer, 16 items:
+    # 135 against 176 us on one thread)
+    w_rows = xp.ascontiguousarray(w_mat[0].T) if last else None
 
     def work(n0, n1):
         m = n1 - n0
         cols = xp.empty((cg,) + kernel + (m,) + out, dtype=x.dtype)
         if last:
             _unfold(cols, xpad[n0:n1], kernel, stride)
-            xp.matmul(cols.reshape(depth, m, positions).transpose(1, 2, 0), w_mat[0].T, out=y_rows[n0:n1])
+            xp.matmul(cols.reshape(depth, m, positions).transpose(1, 2, 0), w_rows, out=y_rows[n0:n1])
             if bias is not None:
                 y_rows[n0:n1] += b
             return
