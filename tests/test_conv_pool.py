@@ -224,9 +224,15 @@ def norm_layers(case, dtype, input_grad=True, seed=0):
 @pytest.mark.parametrize("case", NORM_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("training", [True, False])
-def test_conv_norm_pool_matches_the_three_layers(rng, case, dtype, training):
+@pytest.mark.parametrize("gammas", ["positive", "mixed"])
+def test_conv_norm_pool_matches_the_three_layers(rng, case, dtype, training, gammas):
+    """Positive gammas: the unit pools before normalising. Negative or zero ones: it pools the
+    normalised values (a zero gamma makes every window a tie, won by its first tap)."""
     conv, norm, pool = norm_layers(case, dtype)
     norm.params["W"][...] = rng.uniform(0.5, 1.5, norm.params["W"].shape)
+    if gammas == "mixed":
+        norm.params["W"][::3] *= -1
+        norm.params["W"][1] = 0
     norm.params["b"][...] = rng.standard_normal(norm.params["b"].shape)
     norm.buffers["running_var"][...] = rng.uniform(0.5, 2, norm.num_features)
     running = {k: v.copy() for k, v in norm.buffers.items()}

@@ -36,8 +36,9 @@ import numpy as np
 from actionrec.backend import get_array_module
 from actionrec.nn.batched_conv import _item_chunks, _pad
 from actionrec.nn.im2col import window_view
-from actionrec.nn.layout import channels_last_view, empty_in_layout
-from actionrec.nn.parallel import map_chunks, sum_parts
+from actionrec.nn.layout import channels_last_view, empty_in_layout, lies_channels_last
+from actionrec.nn.normalization import _channel_dot, _channel_map, _channel_sum, normalise_into
+from actionrec.nn.parallel import item_blocks, map_chunks, over_batch, sum_parts
 from actionrec.nn.winograd import winograd_applies, winograd_conv_backward, winograd_conv_forward
 
 
@@ -83,13 +84,24 @@ class ConvMaxPool:
 class ConvNormMaxPool:
     """``conv`` (a Winograd layer), ``norm`` (BatchNorm) and ``pool`` (2x2 max pooling) as one unit:
     the convolution writes its output tap-major (``winograd_conv_forward(..., pooling_taps=True)``:
-    the same values, positions reordered), BatchNorm works on it unchanged (its statistics do not
+    the same values, positions reordered), BatchNorm's statistics come from it unchanged (they do not
     depend on the order of positions), and the pooling reads four whole planes (``max_of_planes``)
-    instead of runs of C values. Falls back to the three layers where this does not apply."""
+    instead of runs of C values. Falls back to the three layers where this does not apply.
+
+    The pooling runs before the normalisation: y = x * slope + offset per channel is, for a positive
+    slope, non-decreasing in x also as rounded (a multiply, then an add), so the window's largest x
+    gives the largest y, and y is the normalised pooled maximum, the same number. The full-size
+    normalised array is never written: the unit normalises a quarter of the values. In backward the
+    BatchNorm sums need dy only where it lands (the winners), so they run over the pooled values too,
+    and the spread and BatchNorm's input gradient are one pass. Where a slope is not positive (gamma
+    <= 0) the winners come from the normalised values, as the layers find them. A window whose
+    values differ but round to equal normalised ones sends its gradient to the largest x, where the
+    layers send it to the first in row-major order: both are subgradients of the same output.
+    """
 
     def __init__(self, conv, norm, pool):
         self.conv, self.norm, self.pool = conv, norm, pool
-        self._cache = None  # (the convolution's cache, winners) after a fused forward, else None
+        self._cache = None  # after a fused forward: (conv cache, x, winners, pooled x, statistics)
 
     def _fuses(self, x, out_shape) -> bool:
         conv = self.conv
@@ -105,13 +117,22 @@ class ConvNormMaxPool:
         if not self._fuses(x, out_shape):
             return pool.forward(norm.forward(conv.forward(x, training=training), training=training),
                                 training=training)
-        conv._cache = pool._cache = None  # the layers' own caches would be stale
+        conv._cache = norm._cache = pool._cache = None  # the layers' own caches would be stale
         taps, conv_cache = winograd_conv_forward(x, conv.params["W"], conv.params.get("b"), conv.padding,
                                                  keep_transformed=training, pooling_taps=True)
-        taps = norm.forward(taps, training=training)  # (N, O, 2, 2, H'/2, W'/2)
-        y = empty_in_layout(np, out_shape[:2] + (out_shape[2] // 2, out_shape[3] // 2), x.dtype, last=True)
-        winners = max_of_planes(_planes(taps), y)
-        self._cache = (conv_cache, winners)
+        norm._check(taps)  # (N, O, 2, 2, h, w): O must be its number of channels, as for the layers
+        statistics = norm.statistics(taps, training)  # (mean, inv_std, count), taps (N, O, 2, 2, h, w)
+        slope, offset = norm.affine(statistics[0], statistics[1], x.dtype)
+        pooled = empty_in_layout(np, out_shape[:2] + (out_shape[2] // 2, out_shape[3] // 2), x.dtype, last=True)
+        if bool((slope > 0).all()):
+            winners = pool_planes(taps, pooled)
+        else:  # the winners of the normalised values, and the x they came from
+            normalised = normalise_into(np.empty_like(taps), taps, slope, offset)
+            winners = pool_planes(normalised, pooled)
+            del normalised
+            gather_planes(taps, winners, pooled)
+        y = normalise_into(np.empty_like(pooled), pooled, slope, offset)
+        self._cache = (conv_cache, taps, winners, pooled, statistics, training)
         return y
 
     def backward(self, dy):
@@ -119,11 +140,22 @@ class ConvNormMaxPool:
         conv and norm."""
         if self._cache is None:
             return self.conv.backward(self.norm.backward(self.pool.backward(dy)))
-        conv_cache, winners = self._cache
-        n, o, half_h, half_w = dy.shape
-        taps = empty_in_layout(np, (n, o, 2, 2, half_h, half_w), dy.dtype, last=True)
-        spread_to_planes(dy, winners, _planes(taps))
-        dx, dW, db = winograd_conv_backward(self.norm.backward(taps), conv_cache, self.conv.input_grad)
+        conv_cache, taps, winners, pooled, (mean, inv_std, count), training = self._cache
+        if not lies_channels_last(dy):
+            dy = _channels_last_copy(dy)
+        # BatchNorm's sums over its output gradient, which is dy on the winners and zero elsewhere
+        mean_map = _channel_map(mean, pooled)
+
+        def sums(s, e):
+            centred = np.subtract(pooled[s:e], mean_map)
+            return _channel_sum(dy[s:e]), _channel_dot(dy[s:e], centred)
+
+        parts = over_batch(np, sums, dy.shape[0], dy.size)
+        scale, slope, offset = self.norm.set_grads(sum(p[0] for p in parts), sum(p[1] for p in parts),
+                                                   mean, inv_std, count, training)
+        grad = empty_in_layout(np, taps.shape, dy.dtype, last=True)
+        spread_input_gradient(grad, dy, winners, taps, scale, slope, offset, training)
+        dx, dW, db = winograd_conv_backward(grad, conv_cache, self.conv.input_grad)
         _set_grads(self.conv, dW, db)
         return dx
 
@@ -147,14 +179,18 @@ def _set_grads(conv, dW, db):
         conv.grads["b"] = db
 
 
-def max_of_planes(planes, out):
+def max_of_planes(planes, out, winners=None):
     """2x2 max pooling of four planes (the taps (0, 0), (0, 1), (1, 0), (1, 1) of every window, any
     equal shapes) into ``out``; returns the winners (right of the top pair, right of the bottom pair,
-    bottom over top), boolean arrays of that shape. Strictly greater moves the winner right or down,
-    so ties keep the first maximum in row-major order, as ``MaxPool2D``."""
+    bottom over top), boolean arrays of that shape (written into ``winners`` when given). Strictly
+    greater moves the winner right or down, so ties keep the first maximum in row-major order, as
+    ``MaxPool2D``."""
     p00, p01, p10, p11 = planes
+    if winners is None:
+        winners = tuple(np.empty(out.shape, dtype=bool) for _ in range(3))
     top, bottom = np.maximum(p00, p01), np.maximum(p10, p11)
-    winners = (p01 > p00, p11 > p10, bottom > top)
+    for (a, b), won in zip(((p00, p01), (p10, p11), (top, bottom)), winners):
+        np.greater(b, a, out=won)
     np.maximum(top, bottom, out=out)
     return winners
 
@@ -168,6 +204,58 @@ def spread_to_planes(grad, winners, planes):
     for first, share, right in ((0, top, right_top), (2, bottom, right_bottom)):
         np.multiply(share, ~right, out=planes[first])
         np.subtract(share, planes[first], out=planes[first + 1])
+
+
+def pool_planes(taps, out):
+    """``max_of_planes`` of a tap-major (N, O, 2, 2, h, w) array into ``out`` (N, O, h, w), in
+    cache-sized blocks of items on both cores; returns the winners, laid out as ``out``."""
+    winners = tuple(np.empty_like(out, dtype=bool) for _ in range(3))
+
+    def work(s, e):
+        for a, z, _ in item_blocks(s, e, taps, _BLOCK_ELEMENTS, buffer=False):
+            max_of_planes(_planes(taps[a:z]), out[a:z], tuple(w[a:z] for w in winners))
+
+    over_batch(np, work, taps.shape[0], taps.size)
+    return winners
+
+
+def gather_planes(taps, winners, out):
+    """out (N, O, h, w) <- the value of tap-major ``taps`` at each window's winner."""
+    p00, p01, p10, p11 = _planes(taps)
+    right_top, right_bottom, down = winners
+    np.copyto(out, np.where(down, np.where(right_bottom, p11, p10), np.where(right_top, p01, p00)))
+
+
+def spread_input_gradient(grad, dy, winners, x, scale, slope, offset, training: bool):
+    """BatchNorm's input gradient through the pooling, in one pass over cache-sized blocks of items:
+    grad (N, O, 2, 2, h, w) <- spread(dy * scale) + (x * slope + offset in training), per-channel
+    (O,) scale, slope and offset (``BatchNorm.set_grads``), x the tap-major pre-normalisation values,
+    dy (N, O, h, w) and its winners laid out alike. The same numbers as BatchNorm's backward of the
+    spread gradient (dy * scale on a winner, zero elsewhere, then the same sum)."""
+    scale = _channel_map(scale, dy)
+    slope, offset = _channel_map(slope, x), _channel_map(offset, x)
+
+    def work(s, e):
+        for a, z, scratch in item_blocks(s, e, x, _BLOCK_ELEMENTS):
+            spread_to_planes(np.multiply(dy[a:z], scale), tuple(w[a:z] for w in winners), _planes(grad[a:z]))
+            if training:
+                np.multiply(x[a:z], slope, out=scratch)
+                scratch += offset
+                grad[a:z] += scratch
+
+    over_batch(np, work, x.shape[0], x.size)
+
+
+def _channels_last_copy(a):
+    """a (N, C, *S) copied into channels-last memory."""
+    out = empty_in_layout(np, a.shape, a.dtype, last=True)
+    np.copyto(out, a)
+    return out
+
+
+# Items per block of the pooling's passes: about this many elements of the unpooled values (1 MB of
+# float32), so the passes after the first over a block find it in the cache.
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def _unfold_tap_major(cols, x_chunk, kernel: tuple, half: tuple):

@@ -54,6 +54,16 @@ class BatchNorm(Layer):
         x_hat is rebuilt per block of items where it is needed, in the cache.
         """
         self._check(x)
+        mean, inv_std, count = self.statistics(x, training)
+        y = get_array_module(x).empty_like(x)
+        normalise_into(y, x, *self.affine(mean, inv_std, x.dtype))
+        self._cache = (x, mean, inv_std, count, training)
+        return y
+
+    def statistics(self, x, training: bool):
+        """x (N, C, *S) -> (mean, inv_std, count): the batch's per-channel mean and 1 / sqrt(var + eps)
+        (C,) in training, which also updates the running statistics, else the running ones; count is
+        the number of values per channel."""
         xp = get_array_module(x)
         count = x.size // self.num_features
         n = x.shape[0]
@@ -88,20 +98,12 @@ class BatchNorm(Layer):
         else:
             mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
             var = self.buffers["running_var"].astype(x.dtype, copy=False)
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        slope = (self.params["W"] * inv_std).astype(x.dtype, copy=False)
-        offset = (self.params["b"] - mean * slope).astype(x.dtype, copy=False)
-        y = xp.empty_like(x)
-        slope, offset = _channel_map(slope, x), _channel_map(offset, x)
+        return mean, 1.0 / xp.sqrt(var + self.eps), count
 
-        def normalise(s, e):
-            for a, z, _ in item_blocks(s, e, x, _BLOCK_ELEMENTS, buffer=False):
-                xp.multiply(x[a:z], slope, out=y[a:z])
-                y[a:z] += offset
-
-        over_batch(xp, normalise, n, x.size)
-        self._cache = (x, mean, inv_std, count, training)
-        return y
+    def affine(self, mean, inv_std, dtype):
+        """(slope, offset) (C,) of y = x * slope + offset for ``statistics``' mean and inv_std."""
+        slope = (self.params["W"] * inv_std).astype(dtype, copy=False)
+        return slope, (self.params["b"] - mean * slope).astype(dtype, copy=False)
 
     def backward(self, dy):
         """dy (N, C, *S) -> dx (N, C, *S); fills grads "W" and "b" (C,).
@@ -123,17 +125,14 @@ class BatchNorm(Layer):
             return db, dw
 
         parts = over_batch(xp, sums, n, dy.size)
-        db, dW = sum(p[0] for p in parts), sum(p[1] for p in parts) * inv_std  # dW = sum(dy * x_hat)
-        self.grads["b"], self.grads["W"] = db, dW
-        scale = self.params["W"] * inv_std
+        scale, slope, offset = self.set_grads(sum(p[0] for p in parts), sum(p[1] for p in parts), mean,
+                                              inv_std, count, training)
         if not training:
             scale = _channel_map(scale, dy)
             return elementwise(xp, lambda a, out: xp.multiply(a, scale, out=out), xp.empty_like(dy), dy)
         dx = xp.empty_like(x, dtype=dy.dtype)  # laid out as x (and as dy, when the next layer kept it)
         # dx = scale * (dy - db / count - x_hat * dW / count), x_hat = (x - mean) * inv_std, as
         # x * slope + dy * scale + offset with per-channel slope and offset: four passes per block
-        slope = -scale * inv_std * dW / count
-        offset = -scale * db / count - mean * slope
         slope, offset, scale = (_channel_map(v, dx) for v in (slope, offset, scale))
 
         def combine(s, e):
@@ -144,6 +143,33 @@ class BatchNorm(Layer):
 
         over_batch(xp, combine, n, dy.size)
         return dx
+
+    def set_grads(self, dy_sum, centred_dot, mean, inv_std, count: int, training: bool):
+        """Fills grads "b" (sum(dy)) and "W" (sum(dy * x_hat)) from the per-channel sums dy_sum and
+        centred_dot = sum(dy * (x - mean)); returns (scale, slope, offset) (C,) of the input gradient
+        dx = dy * scale + x * slope + offset (slope and offset zero in evaluation)."""
+        dW = centred_dot * inv_std
+        self.grads["b"], self.grads["W"] = dy_sum, dW
+        scale = self.params["W"] * inv_std
+        if not training:
+            return scale, 0 * scale, 0 * scale
+        slope = -scale * inv_std * dW / count
+        return scale, slope, -scale * dy_sum / count - mean * slope
+
+
+def normalise_into(y, x, slope, offset):
+    """y = x * slope + offset with (C,) slope and offset, over (N, C, *S) arrays in cache-sized blocks
+    of items on both cores (y may be x)."""
+    xp = get_array_module(x)
+    slope, offset = _channel_map(slope, x), _channel_map(offset, x)
+
+    def normalise(s, e):
+        for a, z, _ in item_blocks(s, e, x, _BLOCK_ELEMENTS, buffer=False):
+            xp.multiply(x[a:z], slope, out=y[a:z])
+            y[a:z] += offset
+
+    over_batch(xp, normalise, x.shape[0], x.size)
+    return y
 
 
 # Items per block of the element-wise passes: about this many elements (1 MB of float32), so the
@@ -197,3 +223,4 @@ def _channel_dot(a, b):
         rows, k, c = va.shape
         return xp.einsum("ij,ij->j", va.reshape(rows, k * c), vb.reshape(rows, k * c)).reshape(k, c).sum(axis=0)
     return xp.einsum("nci,nci->c", va, vb)
+
