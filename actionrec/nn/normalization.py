@@ -224,3 +224,81 @@ def _channel_dot(a, b):
         return xp.einsum("ij,ij->j", va.reshape(rows, k * c), vb.reshape(rows, k * c)).reshape(k, c).sum(axis=0)
     return xp.einsum("nci,nci->c", va, vb)
 
+
+class NormReLU:
+    """``norm`` (BatchNorm) then ``relu`` (ReLU) as one unit of a Sequential's forward and backward (not
+    a layer: parameters, gradients and running statistics stay in ``norm``), on the CPU.
+
+    Forward normalises, clips and takes the mask of each cache-sized block of items while it is in
+    the cache, and backward takes the ReLU's gradient (dy where the output is positive) per block
+    inside BatchNorm's two passes instead of writing it out and reading it twice: the full-size
+    normalised array and the masked gradient are never stored. The same numbers as the two layers
+    (the same operations in the same order on each value). CuPy arrays run the layers.
+    """
+
+    def __init__(self, norm, relu):
+        self.norm, self.relu = norm, relu
+        self._cache = None  # (x, positive, mean, inv_std, count, training) after a fused forward
+
+    def forward(self, x, training: bool = False):
+        """x (N, C, *S) -> relu(norm(x)) (N, C, *S), laid out as x."""
+        norm = self.norm
+        self._cache = None
+        if get_array_module(x) is not np:
+            return self.relu.forward(norm.forward(x, training=training), training=training)
+        norm._check(x)
+        norm._cache = self.relu._positive = None  # the layers' own caches would be stale
+        mean, inv_std, count = norm.statistics(x, training)
+        slope, offset = (_channel_map(v, x) for v in norm.affine(mean, inv_std, x.dtype))
+        y, positive = np.empty_like(x), np.empty_like(x, dtype=bool)
+
+        def work(s, e):
+            zeros = None
+            for a, z, block in item_blocks(s, e, x, _BLOCK_ELEMENTS):
+                if zeros is None:  # numpy's maximum against a block of zeros, not the scalar 0: 2.5x faster
+                    zeros = block
+                    zeros.fill(0)
+                np.multiply(x[a:z], slope, out=y[a:z])
+                y[a:z] += offset
+                np.maximum(y[a:z], zeros[:z - a], out=y[a:z])
+                np.greater(y[a:z], 0, out=positive[a:z])
+
+        over_batch(np, work, x.shape[0], x.size)
+        self._cache = (x, positive, mean, inv_std, count, training)
+        return y
+
+    def backward(self, dy):
+        """dy (N, C, *S) -> dx (N, C, *S); fills the grads of ``norm``."""
+        if self._cache is None:
+            return self.norm.backward(self.relu.backward(dy))
+        x, positive, mean, inv_std, count, training = self._cache
+        n = dy.shape[0]
+        mean_map = _channel_map(mean, x)
+
+        def sums(s, e):  # sum(g) and sum(g * (x - mean)) per channel, g = dy where positive
+            db = dw = 0
+            for a, z, centred in item_blocks(s, e, x, _BLOCK_ELEMENTS):
+                g = np.multiply(dy[a:z], positive[a:z])
+                db = db + _channel_sum(g)
+                dw = dw + _channel_dot(g, np.subtract(x[a:z], mean_map, out=centred))
+            return db, dw
+
+        parts = over_batch(np, sums, n, dy.size)
+        scale, slope, offset = self.norm.set_grads(sum(p[0] for p in parts), sum(p[1] for p in parts), mean,
+                                                   inv_std, count, training)
+        dx = np.empty_like(x, dtype=dy.dtype)
+        scale, slope, offset = (_channel_map(v, dx) for v in (scale, slope, offset))
+
+        def combine(s, e):  # BatchNorm's combine (x * slope + offset + g * scale), g rebuilt per block
+            for a, z, scaled in item_blocks(s, e, x, _BLOCK_ELEMENTS):
+                np.multiply(dy[a:z], positive[a:z], out=scaled)
+                scaled *= scale
+                if training:
+                    np.multiply(x[a:z], slope, out=dx[a:z])
+                    dx[a:z] += offset
+                    dx[a:z] += scaled
+                else:
+                    dx[a:z] = scaled
+
+        over_batch(np, combine, n, dy.size)
+        return dx

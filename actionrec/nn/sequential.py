@@ -11,7 +11,7 @@ from actionrec.errors import ShapeError
 from actionrec.nn.conv import Conv2D, SegmentConv3D
 from actionrec.nn.conv_pool import ConvMaxPool, ConvNormMaxPool
 from actionrec.nn.layers import ReLU, Tanh
-from actionrec.nn.normalization import BatchNorm
+from actionrec.nn.normalization import BatchNorm, NormReLU
 from actionrec.nn.pool import MaxPool2D, MaxPool3D, Subsampling
 from actionrec.nn.tanh_subsampling import TanhSubsampling
 
@@ -66,8 +66,10 @@ class Sequential:
         the layers one by one, to rounding); and each Tanh followed by a Subsampling, with the
         SegmentConv3D before them if any, as one ``TanhSubsampling``, whose convolution applies the
         tanh as it writes its output and whose backward multiplies the spread gradient straight into
-        1 - y^2 (the same numbers). Built once per model (the units keep their caches between forward
-        and backward)."""
+        1 - y^2 (the same numbers); and each BatchNorm followed by a ReLU as one ``NormReLU``, which
+        normalises and clips each block of values in one visit and takes the ReLU's gradient inside
+        BatchNorm's backward passes (the same numbers). Built once per model (the units keep their
+        caches between forward and backward)."""
         order = self.run_order()
         key = tuple((id(layer), getattr(layer, "input_grad", None)) for layer in order)
         if getattr(self, "_unit_key", None) != key:
@@ -81,6 +83,9 @@ class Sequential:
                         and type(order[i + 2]) is MaxPool2D):
                     units.append(ConvNormMaxPool(*order[i:i + 3]))
                     i += 3
+                elif type(order[i]) is BatchNorm and i + 1 < len(order) and type(order[i + 1]) is ReLU:
+                    units.append(NormReLU(*order[i:i + 2]))
+                    i += 2
                 elif (type(order[i]) is SegmentConv3D and i + 2 < len(order) and type(order[i + 1]) is Tanh
                         and type(order[i + 2]) is Subsampling):
                     units.append(TanhSubsampling(order[i + 1], order[i + 2], conv=order[i]))
