@@ -202,13 +202,14 @@ def _by_channel(a):
 def _channel_sum(a):
     """a (N, C, *S) -> (C,): sums of every channel (einsum's summing loop: 2-3 times faster than
     ``sum`` along the map axis, and many times faster than a reduction over axes (0, 2, 3)).
-    Channels-last: the column sums of the (rows, k C) view, folded over k (einsum is 3 times
-    slower summing over two axes at once)."""
+    Channels-last: the column sums of the (rows, k C) view as a product with a row of ones (BLAS's
+    gemv: 2-3.5x faster than einsum's column sums on CIFAR's maps, AMD EPYC family 25; one thread
+    inside ``over_batch``), folded over k."""
     xp = get_array_module(a)
     view, letters = _by_channel(a)
     if letters == "rkc":
         rows, k, c = view.shape
-        return xp.einsum("ij->j", view.reshape(rows, k * c)).reshape(k, c).sum(axis=0)
+        return (xp.ones(rows, dtype=a.dtype) @ view.reshape(rows, k * c)).reshape(k, c).sum(axis=0)
     return xp.einsum("nci->c", view)
 
 
