@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import actionrec.models as models
+from actionrec.nn import parallel
 from actionrec.nn.gradcheck import numerical_gradient, relative_error
 from actionrec.nn.layers import ReLU
 from actionrec.nn.layout import lies_channels_last
@@ -26,7 +27,7 @@ CASES = [  # shape, channels-last
     ((2, 3, 3, 4, 5), False),  # 3D maps
     ((2, 3, 3, 4, 5), True),
 ]
-BIG = ((3, 20, 150, 150), True)  # 1.35M values: the passes run on two threads (float32 only)
+THREADED = ((5, 4, 6, 7), True)  # run with every pass split over two threads
 
 
 def pair(c, dtype, rng):
@@ -39,10 +40,12 @@ def pair(c, dtype, rng):
 
 
 @pytest.mark.parametrize("case,dtype", [(case, dtype) for case in CASES for dtype in (np.float32, np.float64)]
-                         + [(BIG, np.float32)])
+                         + [(THREADED, np.float32), (THREADED, np.float64)])
 @pytest.mark.parametrize("training", [True, False])
-def test_matches_the_two_layers_bit_for_bit(rng, case, dtype, training):
+def test_matches_the_two_layers_bit_for_bit(rng, monkeypatch, case, dtype, training):
     shape, last = case
+    if case is THREADED:
+        monkeypatch.setattr(parallel, "_PARALLEL_ELEMENTS", 1)
     norm, relu = pair(shape[1], dtype, rng)
     running = {k: v.copy() for k, v in norm.buffers.items()}
     x = rng.standard_normal(shape).astype(dtype) * 2 + 0.5
