@@ -117,3 +117,50 @@ def test_conv2d_batched_gradients_match_finite_differences(rng):
     errors = check_layer_gradients(layer, x)
     assert layer._core == "batched"
     assert set(errors) == {"x", "W", "b"} and max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], ((3, 3, 8, 8), (32, 3, 3, 3), (1, 1), (1, 1), 1)])
+def test_kept_columns_and_skipped_bias_gradient_change_nothing_else(rng, case):
+    """A first layer in training keeps its column matrices for backward, which then reads them
+    instead of unfolding x again (the same numbers bit for bit, for either layout of dY); without
+    ``need_db`` backward skips db and returns None in its place."""
+    x, W, b, stride, padding, groups = _case(rng, case, np.float32)
+    y, cache = batched_conv_forward(x, W, b, stride, padding, groups)
+    y_kept, cache_kept = batched_conv_forward(x, W, b, stride, padding, groups, keep_columns=True)
+    np.testing.assert_array_equal(y_kept, y)
+    assert cache[-1] is None and cache_kept[-1] is not None  # kept on the channels-last path
+    in_c_order = rng.standard_normal(y.shape).astype(np.float32)
+    laid_out_as_y = np.empty_like(y)  # channels-last
+    laid_out_as_y[...] = in_c_order
+    for dy in (in_c_order, laid_out_as_y):
+        want = batched_conv_backward(dy, cache, need_dx=False)
+        got = batched_conv_backward(dy, cache_kept, need_dx=False)
+        assert got[0] is None
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[2], want[2])
+        no_db = batched_conv_backward(dy, cache_kept, need_dx=False, need_db=False)
+        assert no_db[2] is None
+        np.testing.assert_array_equal(no_db[1], want[1])
+    # with dx, by the adjoint (stride 1, "same" padding) or by folding
+    full, without_db = batched_conv_backward(dy, cache), batched_conv_backward(dy, cache, need_db=False)
+    assert without_db[2] is None
+    for got, want in zip(without_db[:2], full[:2]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_conv2d_keeps_columns_only_for_a_first_layer_in_training(rng):
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    first, later = (Conv2D(3, 32, 3, padding=1, bias=False, input_grad=grad, rng=0) for grad in (False, True))
+    for layer in (first, later):
+        layer.forward(x, training=True)
+        assert layer._core == "batched"
+    assert first._cache[-1] is not None and later._cache[-1] is None
+    first.forward(x, training=False)
+    assert first._cache[-1] is None
+    dy = rng.standard_normal((2, 32, 8, 8)).astype(np.float32)
+    first.forward(x, training=True)
+    first.backward(dy)
+    later.forward(x, training=True)
+    later.backward(dy)
+    assert "b" not in first.grads
+    np.testing.assert_allclose(first.grads["W"], later.grads["W"], rtol=1e-4, atol=1e-4)

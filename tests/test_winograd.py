@@ -234,3 +234,15 @@ def test_output_tile_takes_the_fewest_transformed_elements():
     assert winograd.output_tile(5, (10, 10)) == 4  # 64 x 9 against 36 x 25
     assert winograd.output_tile(5, (2, 2)) == 2  # one tile either way: 36 against 64
     assert winograd.output_tile(5, (1, 9)) == 2  # 36 x 5 against 64 x 3
+
+
+def test_backward_without_the_bias_gradient(rng):
+    """need_db=False skips db (None in its place) and changes nothing else, kept V or not."""
+    x, W, b, padding = _case(rng, CASES[0], np.float64)
+    for keep in (True, False):
+        y, cache = winograd_conv_forward(x, W, b, padding, keep_transformed=keep)
+        dy = rng.standard_normal(y.shape)
+        full, without = winograd_conv_backward(dy, cache), winograd_conv_backward(dy, cache, need_db=False)
+        assert full[2].shape == (W.shape[0],) and without[2] is None
+        for got, want in zip(without[:2], full[:2]):
+            np.testing.assert_array_equal(got, want)

@@ -103,12 +103,16 @@ def _input_gradient_flat(dx_chunk, w_t, dy_chunk, kernel: tuple):
         dx_flat[:, :, start:start + length] += dcols[(slice(None), slice(None)) + taps]
 
 
-def batched_conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int):
+def batched_conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int, keep_columns: bool = False):
     """Grouped convolution over the spatial axes of x.
 
     x (N, C, *S), W (O, C/g, *k), b (O,) or None, stride and padding tuples of len(S)
     -> y (N, O, *S') with S'_i = (S_i + 2 p_i - k_i) // s_i + 1 (laid out channels-last for 2D layers
     without groups on the CPU, see ``actionrec.nn.layout``), and the cache for backward.
+
+    With ``keep_columns`` (for a layer without input gradient in training: CIFAR's first layer) the
+    cache keeps the channels-last path's column matrices (C prod(k) times the output positions), which
+    its backward then reads instead of unfolding x again.
     """
     xp = get_array_module(x)
     n, o = x.shape[0], W.shape[0]
@@ -142,15 +146,16 @@ def batched_conv_forward(x, W, b, stride: tuple, padding: tuple, groups: int):
             xp.matmul(cols.reshape(depth, m, positions).transpose(1, 2, 0), w_rows, out=y_rows[n0:n1])
             if bias is not None:
                 y_rows[n0:n1] += b
-            return
+            return cols if keep_columns else None
         for g in range(groups):
             _unfold(cols, xpad[n0:n1, g * cg:(g + 1) * cg], kernel, stride)
             xp.matmul(w_mat[g], cols.reshape(depth, m, positions).transpose(1, 0, 2), out=y_flat[n0:n1, g])
         if bias is not None:
             y[n0:n1].reshape(m, o, positions)[...] += bias
 
-    map_chunks(xp, work, _item_chunks(xp, n, depth * positions))
-    return y, (xpad, x.shape, W, stride, padding, groups)
+    columns = map_chunks(xp, work, _item_chunks(xp, n, depth * positions))
+    kept = columns if last and keep_columns else None
+    return y, (xpad, x.shape, W, stride, padding, groups, kept)
 
 
 def _by_adjoint(x_shape, out: tuple, kernel: tuple, stride: tuple, padding: tuple) -> bool:
@@ -161,7 +166,7 @@ def _by_adjoint(x_shape, out: tuple, kernel: tuple, stride: tuple, padding: tupl
             and math.prod(x_shape[2:]) < 1.5 * math.prod(out))
 
 
-def _backward_by_adjoint(dout, cache):
+def _backward_by_adjoint(dout, cache, need_db: bool = True):
     """Stride 1: (dx, dW, db) from one unfolding of dY per chunk instead of one of dY and one of x.
 
     dx is the forward convolution of dY (zero-padded by k - 1 - p) with the flipped kernels; the same
@@ -170,7 +175,7 @@ def _backward_by_adjoint(dout, cache):
     sums run over the same pairs of an output and an input position.
     """
     xp = get_array_module(dout)
-    xpad, x_shape, W, _, padding, groups = cache
+    xpad, x_shape, W, _, padding, groups, _ = cache
     n, o = dout.shape[:2]
     cg, og = W.shape[1], o // groups
     kernel, spatial = tuple(W.shape[2:]), tuple(x_shape[2:])
@@ -198,14 +203,15 @@ def _backward_by_adjoint(dout, cache):
     dw = sum(map_chunks(xp, work, _item_chunks(xp, n, depth * positions)))
     # dw[g, c, (o, t)] -> dW[g og + o, c, k - 1 - t]
     dw = dw.reshape((groups, cg, og) + kernel).swapaxes(1, 2)[(Ellipsis,) + (slice(None, None, -1),) * d]
-    db = dout.reshape(n, o, -1).sum(axis=2).sum(axis=0)
+    db = dout.reshape(n, o, -1).sum(axis=2).sum(axis=0) if need_db else None
     return dx, xp.ascontiguousarray(dw.reshape(W.shape)), db
 
 
-def batched_conv_backward(dout, cache, need_dx: bool = True):
-    """Mirror of ``batched_conv_forward``: dout (N, O, *S') -> (dx (N, C, *S) or None, dW, db (O,))."""
+def batched_conv_backward(dout, cache, need_dx: bool = True, need_db: bool = True):
+    """Mirror of ``batched_conv_forward``: dout (N, O, *S') -> (dx (N, C, *S) or None, dW, db (O,), or
+    None without ``need_db``: a layer without a bias skips a pass over dout)."""
     xp = get_array_module(dout)
-    xpad, x_shape, W, stride, padding, groups = cache
+    xpad, x_shape, W, stride, padding, groups, kept = cache
     n, o = dout.shape[:2]
     cg, og = W.shape[1], o // groups
     kernel, out = tuple(W.shape[2:]), tuple(dout.shape[2:])
@@ -213,7 +219,7 @@ def batched_conv_backward(dout, cache, need_dx: bool = True):
     w_mat = W.reshape(groups, og, depth)
     dx = None
     if need_dx and _by_adjoint(x_shape, out, kernel, stride, padding):
-        return _backward_by_adjoint(dout, cache)
+        return _backward_by_adjoint(dout, cache, need_db)
     # a channels-last dY without groups gives dW and db straight from its (positions, O) rows; the
     # input gradient needs it by map (a copy)
     rows = groups == 1 and lies_channels_last(dout)
@@ -225,23 +231,26 @@ def batched_conv_backward(dout, cache, need_dx: bool = True):
     flat = set(stride) == {1} and groups == 1  # flat ranges of whole (contiguous) chunks
     inner = tuple(slice(p, p + s) for p, s in zip(padding, x_shape[2:]))
 
-    def work(n0, n1):
+    def work(n0, n1, kept_cols):
         m = n1 - n0
-        cols = xp.empty((cg,) + kernel + (m,) + out, dtype=dout.dtype)
+        cols = xp.empty((cg,) + kernel + (m,) + out, dtype=dout.dtype) if kept_cols is None else kept_cols
         dw = xp.empty((groups, og, depth), dtype=dout.dtype)
-        db = xp.empty((groups, og), dtype=dout.dtype)
+        db = xp.zeros((groups, og), dtype=dout.dtype)
         dx_chunk = None
         if need_dx:  # padded chunks are small: fold there (near the caches), then keep the interior
             dx_chunk = dx[n0:n1] if not any(padding) else xp.zeros((m,) + xpad.shape[1:], dtype=dout.dtype)
         for g in range(groups):
-            _unfold(cols, xpad[n0:n1, g * cg:(g + 1) * cg], kernel, stride)
+            if kept_cols is None:
+                _unfold(cols, xpad[n0:n1, g * cg:(g + 1) * cg], kernel, stride)
             if rows:  # (m P, O) rows
                 dy_r = dy_rows[n0:n1].reshape(m * positions, o)
-                db[g] = xp.einsum("ij->j", dy_r)
+                if need_db:
+                    db[g] = xp.einsum("ij->j", dy_r)
                 dw[g] = xp.matmul(cols.reshape(depth, m * positions), dy_r).T
             else:
                 dy_t = xp.ascontiguousarray(dy_flat[n0:n1, g].transpose(1, 0, 2)).reshape(og, m * positions)
-                db[g] = dy_t.sum(axis=1)
+                if need_db:
+                    db[g] = dy_t.sum(axis=1)
                 xp.matmul(dy_t, cols.reshape(depth, m * positions).T, out=dw[g])
             if need_dx:
                 dy_g = dy_flat[n0:n1, g]  # (m, O/g, P)
@@ -256,5 +265,7 @@ def batched_conv_backward(dout, cache, need_dx: bool = True):
             dx[n0:n1] = dx_chunk[(slice(None), slice(None)) + inner]
         return dw, db
 
-    dw, db = sum_parts(map_chunks(xp, work, _item_chunks(xp, n, depth * positions)))
-    return dx, dw.reshape(W.shape), db.reshape(o)
+    chunks = _item_chunks(xp, n, depth * positions)
+    kept = kept if kept is not None else [None] * len(chunks)  # the forward's columns serve either dY layout
+    dw, db = sum_parts(map_chunks(xp, work, [chunk + (cols,) for chunk, cols in zip(chunks, kept)]))
+    return dx, dw.reshape(W.shape), db.reshape(o) if need_db else None

@@ -153,8 +153,10 @@ class _ConvND(Layer):
             self._cache, self._core = cache, "winograd"
             return out
         if self._batched(out_shape):
+            # a first layer keeps its column matrices for backward (its only use of them there)
             out, cache = batched_conv_forward(x, self.params["W"], self.params.get("b"), self.stride,
-                                              self.padding, self.groups)
+                                              self.padding, self.groups,
+                                              keep_columns=training and not self.input_grad)
             self._cache, self._core = cache, "batched"
             return out
         stride, padding = self._frame_geometry(x.shape)[2:]
@@ -167,7 +169,7 @@ class _ConvND(Layer):
         cache = self._cache
         if self._core in ("batched", "winograd"):
             backward = batched_conv_backward if self._core == "batched" else winograd_conv_backward
-            dx, dW, db = backward(dy, cache, self.input_grad)
+            dx, dW, db = backward(dy, cache, self.input_grad, need_db=self.bias)
             self.grads["W"] = dW
             if self.bias:
                 self.grads["b"] = db

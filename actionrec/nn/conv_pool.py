@@ -155,7 +155,7 @@ class ConvNormMaxPool:
                                                    mean, inv_std, count, training)
         grad = empty_in_layout(np, taps.shape, dy.dtype, last=True)
         spread_input_gradient(grad, dy, winners, taps, scale, slope, offset, training)
-        dx, dW, db = winograd_conv_backward(grad, conv_cache, self.conv.input_grad)
+        dx, dW, db = winograd_conv_backward(grad, conv_cache, self.conv.input_grad, need_db=self.conv.bias)
         _set_grads(self.conv, dW, db)
         return dx
 

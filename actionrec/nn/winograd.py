@@ -391,10 +391,10 @@ def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True
     return y, (x, None, u_t, W, geometry)
 
 
-def winograd_conv_backward(dout, cache, need_dx: bool = True):
+def winograd_conv_backward(dout, cache, need_dx: bool = True, need_db: bool = True):
     """Mirror of ``winograd_conv_forward``: dout (N, O, Ho, Wo), either layout, or tap-major
     (N, O, 2, 2, Ho/2, Wo/2) channels-last -> (dx (N, C, H, W) laid out as x was, or None; dW (O, C,
-    r, r), db (O,))."""
+    r, r), db (O,), or None without ``need_db``: a layer without a bias skips a pass over dout)."""
     xp = get_array_module(dout)
     x, transformed, u_t, W, (x_shape, x_last, padding, m) = cache
     n, c, h, w = x_shape
@@ -415,7 +415,7 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True):
         dm = xp.empty((size, size, th, tw, items * o), dtype=dout.dtype)
         dy = _grid_last(xp, dout[n0:n1], (0, 0), (m * th, m * tw))
         # here, while the chunk is in the cache; einsum's column sums, then over the items
-        db = xp.einsum("ij->j", dy.reshape(-1, items * o)).reshape(items, o).sum(axis=0)
+        db = xp.einsum("ij->j", dy.reshape(-1, items * o)).reshape(items, o).sum(axis=0) if need_db else None
         _output_gradient_transform(dy, at, dm)
         dm = dm.reshape(size * size, tiles, o)
         if v is None:  # not kept by the forward: transform the chunk's input again
@@ -432,5 +432,7 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True):
         return du_t, db
 
     kept = transformed if transformed is not None else [None] * len(chunks)
-    du_t, db = sum_parts(map_chunks(xp, work, [chunk + (v,) for chunk, v in zip(chunks, kept)]))
+    parts = map_chunks(xp, work, [chunk + (v,) for chunk, v in zip(chunks, kept)])
+    du_t = sum_parts([part[:1] for part in parts])[0]
+    db = sum_parts([part[1:] for part in parts])[0] if need_db else None
     return dx, kernel_gradient(du_t, m, r), db
