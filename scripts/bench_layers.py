@@ -39,6 +39,7 @@ from actionrec.backend import array_module_for, to_numpy  # noqa: E402
 from actionrec.errors import ActionrecError  # noqa: E402
 from actionrec.models import MODELS, build_model  # noqa: E402
 from actionrec.nn.allocator import keep_freed_memory  # noqa: E402
+from actionrec.nn.layout import empty_in_layout, lies_channels_last  # noqa: E402
 from actionrec.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 from actionrec.nn.optim import SGD  # noqa: E402
 
@@ -85,21 +86,29 @@ def blas_description():
 # ----------------------------------------------------------------------------------------------
 # FLOP counting
 def layer_shapes(model, input_shape):
-    """[(layer, input shape, output shape)] for a batch-1 forward on zeros."""
+    """[(layer, input shape, output shape, input channels-last, output channels-last)] for a batch-1
+    forward on zeros (the memory layouts are those the layers pass each other in a step)."""
     xp = model.layers[0].xp
     x = xp.zeros((1,) + tuple(input_shape), dtype=np.float32)
     out = []
     for layer in model.layers:
         y = layer.forward(x, training=False)
-        out.append((layer, x.shape, y.shape))
+        out.append((layer, x.shape, y.shape, lies_channels_last(x), lies_channels_last(y)))
         x = y
     return out
+
+
+def random_in_layout(xp, rng, shape, last: bool):
+    """A standard-normal float32 array of ``shape``, channels-last in memory when ``last``."""
+    a = empty_in_layout(xp, tuple(shape), np.float32, last)
+    a[...] = xp.asarray(rng.standard_normal(tuple(shape)).astype(np.float32))
+    return a
 
 
 def train_flops_per_sample(model, input_shape) -> float:
     """2 x multiply-adds of forward + weight gradient + input gradient (skipped where input_grad=False)."""
     total = 0.0
-    for layer, _, y_shape in layer_shapes(model, input_shape):
+    for layer, _, y_shape, _, _ in layer_shapes(model, input_shape):
         w = layer.params.get("W")
         if w is None or w.ndim < 2:
             continue  # element-wise layers, subsampling, batch norm: negligible
@@ -165,11 +174,13 @@ def layer_rows(model, spec, xp, batch, torch, tdev, sync, seconds, rounds):
     """(name, ours s, best torch s, flops) for forward+backward of each convolution layer."""
     rows = []
     rng = np.random.default_rng(0)
-    for index, (layer, in_shape, out_shape) in enumerate(layer_shapes(model, spec.input_shape)):
+    for index, (layer, in_shape, out_shape, x_last, y_last) in enumerate(layer_shapes(model, spec.input_shape)):
         if type(layer).__name__ not in CONV_TYPES:
             continue
-        x = xp.asarray(rng.standard_normal((batch,) + tuple(in_shape[1:])).astype(np.float32))
-        dy = xp.asarray(rng.standard_normal((batch,) + tuple(out_shape[1:])).astype(np.float32))
+        # x and dy laid out as the layer gets them in a step (a 2D layer after the first gets
+        # channels-last input and output gradient): each layout takes its own path in the cores
+        x = random_in_layout(xp, rng, (batch,) + tuple(in_shape[1:]), x_last)
+        dy = random_in_layout(xp, rng, (batch,) + tuple(out_shape[1:]), y_last)
 
         def step(layer=layer, x=x, dy=dy):
             layer.forward(x, training=True)
@@ -180,8 +191,9 @@ def layer_rows(model, spec, xp, batch, torch, tdev, sync, seconds, rounds):
             forms = ["conv3d", "stacked2d"] if spec.kind == "video" else ["default", "channels_last"]
             for form in forms:
                 tl = torch_model([layer], form, torch, tdev)
-                tx = torch.as_tensor(to_numpy(x), device=tdev)
-                tdy = torch.as_tensor(to_numpy(dy), device=tdev)
+                # torch's forms get their own layouts, as before: C order, channels_last below
+                tx = torch.as_tensor(np.ascontiguousarray(to_numpy(x)), device=tdev)
+                tdy = torch.as_tensor(np.ascontiguousarray(to_numpy(dy)), device=tdev)
                 if form == "channels_last":
                     tl = tl.to(memory_format=torch.channels_last)
                     tx = tx.contiguous(memory_format=torch.channels_last)
