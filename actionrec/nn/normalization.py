@@ -276,10 +276,12 @@ class NormReLU:
         n = dy.shape[0]
         mean_map = _channel_map(mean, x)
 
-        def sums(s, e):  # sum(g) and sum(g * (x - mean)) per channel, g = dy where positive
+        dx = np.empty_like(x, dtype=dy.dtype)  # holds g = dy where positive between the passes
+
+        def sums(s, e):  # sum(g) and sum(g * (x - mean)) per channel
             db = dw = 0
             for a, z, centred in item_blocks(s, e, x, _BLOCK_ELEMENTS):
-                g = np.multiply(dy[a:z], positive[a:z])
+                g = np.multiply(dy[a:z], positive[a:z], out=dx[a:z])
                 db = db + _channel_sum(g)
                 dw = dw + _channel_dot(g, np.subtract(x[a:z], mean_map, out=centred))
             return db, dw
@@ -287,19 +289,15 @@ class NormReLU:
         parts = over_batch(np, sums, n, dy.size)
         scale, slope, offset = self.norm.set_grads(sum(p[0] for p in parts), sum(p[1] for p in parts), mean,
                                                    inv_std, count, training)
-        dx = np.empty_like(x, dtype=dy.dtype)
         scale, slope, offset = (_channel_map(v, dx) for v in (scale, slope, offset))
 
-        def combine(s, e):  # BatchNorm's combine (x * slope + offset + g * scale), g rebuilt per block
-            for a, z, scaled in item_blocks(s, e, x, _BLOCK_ELEMENTS):
-                np.multiply(dy[a:z], positive[a:z], out=scaled)
-                scaled *= scale
+        def combine(s, e):  # BatchNorm's combine, g * scale + (x * slope + offset), in place over g
+            for a, z, affine in item_blocks(s, e, x, _BLOCK_ELEMENTS):
+                dx[a:z] *= scale
                 if training:
-                    np.multiply(x[a:z], slope, out=dx[a:z])
-                    dx[a:z] += offset
-                    dx[a:z] += scaled
-                else:
-                    dx[a:z] = scaled
+                    np.multiply(x[a:z], slope, out=affine)
+                    affine += offset
+                    dx[a:z] += affine
 
         over_batch(np, combine, n, dy.size)
         return dx
