@@ -319,3 +319,25 @@ def test_sequential_fuses_convolution_norm_and_pool(rng):
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-10, atol=1e-12)
     for a, b in zip(outs[0][1], outs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_moments_and_pool_is_statistics_and_pool_planes_in_one_pass(rng, monkeypatch):
+    """The one-pass forward of a training ConvNormMaxPool: the same statistics as
+    BatchNorm.statistics bit for bit (same blocks, same sums; running statistics too), the same
+    pooled values and winners as pool_planes, on one thread and split over two."""
+    from actionrec.nn import parallel
+    from actionrec.nn.conv_pool import moments_and_pool, pool_planes
+    from actionrec.nn.layout import empty_in_layout
+    for threshold in (parallel._PARALLEL_ELEMENTS, 1):
+        monkeypatch.setattr(parallel, "_PARALLEL_ELEMENTS", threshold)
+        taps = empty_in_layout(np, (5, 6, 2, 2, 3, 4), np.float32, last=True)
+        taps[...] = rng.standard_normal(taps.shape) * 3 + 1
+        norms = [BatchNorm(6, dtype="float32") for _ in range(2)]
+        outs = [empty_in_layout(np, (5, 6, 3, 4), np.float32, last=True) for _ in range(2)]
+        statistics, winners = moments_and_pool(norms[0], taps, outs[0])
+        want_statistics, want_winners = norms[1].statistics(taps, True), pool_planes(taps, outs[1])
+        for got, want in zip(statistics + winners, want_statistics + want_winners):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        for name in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(norms[0].buffers[name], norms[1].buffers[name])

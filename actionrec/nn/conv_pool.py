@@ -37,7 +37,14 @@ from actionrec.backend import get_array_module
 from actionrec.nn.batched_conv import _item_chunks, _pad
 from actionrec.nn.im2col import window_view
 from actionrec.nn.layout import channels_last_view, empty_in_layout, lies_channels_last
-from actionrec.nn.normalization import _channel_dot, _channel_map, _channel_sum, normalise_into
+from actionrec.nn.normalization import _BLOCK_ELEMENTS as _NORM_BLOCK_ELEMENTS
+from actionrec.nn.normalization import (
+    _channel_dot,
+    _channel_map,
+    _channel_sum,
+    add_block_moments,
+    normalise_into,
+)
 from actionrec.nn.parallel import item_blocks, map_chunks, over_batch, sum_parts
 from actionrec.nn.winograd import winograd_applies, winograd_conv_backward, winograd_conv_forward
 
@@ -121,12 +128,19 @@ class ConvNormMaxPool:
         taps, conv_cache = winograd_conv_forward(x, conv.params["W"], conv.params.get("b"), conv.padding,
                                                  keep_transformed=training, pooling_taps=True)
         norm._check(taps)  # (N, O, 2, 2, h, w): O must be its number of channels, as for the layers
-        statistics = norm.statistics(taps, training)  # (mean, inv_std, count), taps (N, O, 2, 2, h, w)
-        slope, offset = norm.affine(statistics[0], statistics[1], x.dtype)
         pooled = empty_in_layout(np, out_shape[:2] + (out_shape[2] // 2, out_shape[3] // 2), x.dtype, last=True)
+        # the slopes' signs are gamma's (inv_std > 0): with every gamma positive the pooling need not
+        # wait for the statistics, and in training one pass over the blocks takes both
+        if training and bool((norm.params["W"] > 0).all()):
+            statistics, winners = moments_and_pool(norm, taps, pooled)
+        else:
+            statistics, winners = norm.statistics(taps, training), None  # (mean, inv_std, count)
+        slope, offset = norm.affine(statistics[0], statistics[1], x.dtype)
         if bool((slope > 0).all()):
-            winners = pool_planes(taps, pooled)
-        else:  # the winners of the normalised values, and the x they came from
+            if winners is None:
+                winners = pool_planes(taps, pooled)
+        else:  # (a gamma <= 0, or a slope lost to underflow) the winners of the normalised values, and
+            # the x they came from
             normalised = normalise_into(np.empty_like(taps), taps, slope, offset)
             winners = pool_planes(normalised, pooled)
             del normalised
@@ -217,6 +231,25 @@ def pool_planes(taps, out):
 
     over_batch(np, work, taps.shape[0], taps.size)
     return winners
+
+
+def moments_and_pool(norm, taps, out):
+    """BatchNorm's training statistics of a tap-major (N, O, 2, 2, h, w) array and ``max_of_planes``
+    of it into ``out``, in one pass over cache-sized blocks of items on both cores (each block read
+    from memory once, not once for each): (norm.statistics(taps, True)'s result, the winners). The
+    blocks and sums are those of ``BatchNorm.statistics``, so the statistics are the same numbers."""
+    first, shift = norm.moment_shift(taps)
+    winners = tuple(np.empty_like(out, dtype=bool) for _ in range(3))
+
+    def work(s, e):
+        total = squares = 0
+        for a, z, centred in item_blocks(s, e, taps, _NORM_BLOCK_ELEMENTS):
+            total, squares = add_block_moments(total, squares, taps[a:z], shift, centred)
+            max_of_planes(_planes(taps[a:z]), out[a:z], tuple(w[a:z] for w in winners))
+        return total, squares
+
+    parts = over_batch(np, work, taps.shape[0], taps.size)
+    return norm.batch_statistics(first, parts, taps.shape, taps.dtype), winners
 
 
 def gather_planes(taps, winners, out):

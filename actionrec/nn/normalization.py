@@ -65,39 +65,48 @@ class BatchNorm(Layer):
         (C,) in training, which also updates the running statistics, else the running ones; count is
         the number of values per channel."""
         xp = get_array_module(x)
-        count = x.size // self.num_features
-        n = x.shape[0]
-        if training:
-            if count < 2:
-                raise ShapeError(f"{self.name}: BatchNorm in training needs more than one value per channel, "
-                                 f"got input {tuple(x.shape)} (use a batch size > 1)")
-            # One pass over x for both moments: each cache-sized block is centred on a shift near the
-            # mean (the first item's channel means) in a small buffer, whose sum and sum of squares
-            # come from the cache; the shift keeps E[d^2] - E[d]^2 free of cancellation.
-            first = _channel_sum(x[:1]) / (count // n)
-            shift = _channel_map(first, x)
-
-            def moments(s, e):
-                total = squares = 0
-                for a, z, centred in item_blocks(s, e, x, _BLOCK_ELEMENTS):
-                    xp.subtract(x[a:z], shift, out=centred)
-                    total = total + _channel_sum(centred).astype(xp.float64)
-                    squares = squares + _channel_dot(centred, centred).astype(xp.float64)
-                return total, squares
-
-            parts = over_batch(xp, moments, n, x.size)
-            offset_mean = sum(p[0] for p in parts) / count
-            var = (sum(p[1] for p in parts) / count - offset_mean**2).clip(0).astype(x.dtype)
-            mean = (first + offset_mean).astype(x.dtype)
-            m = self.momentum
-            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
-            rm *= 1 - m
-            rm += m * mean.astype(rm.dtype)
-            rv *= 1 - m
-            rv += m * (var * (count / (count - 1))).astype(rv.dtype)
-        else:
+        if not training:
             mean = self.buffers["running_mean"].astype(x.dtype, copy=False)
             var = self.buffers["running_var"].astype(x.dtype, copy=False)
+            return mean, 1.0 / xp.sqrt(var + self.eps), x.size // self.num_features
+        # One pass over x for both moments: each cache-sized block is centred on a shift near the
+        # mean (the first item's channel means) in a small buffer, whose sum and sum of squares come
+        # from the cache; the shift keeps E[d^2] - E[d]^2 free of cancellation.
+        first, shift = self.moment_shift(x)
+
+        def moments(s, e):
+            total = squares = 0
+            for a, z, centred in item_blocks(s, e, x, _BLOCK_ELEMENTS):
+                total, squares = add_block_moments(total, squares, x[a:z], shift, centred)
+            return total, squares
+
+        return self.batch_statistics(first, over_batch(xp, moments, x.shape[0], x.size), x.shape, x.dtype)
+
+    def moment_shift(self, x):
+        """(first, shift): the first item's channel means (C,), and as a channel map for x (N, C, *S)
+        (checks that training statistics can be taken of x)."""
+        count = x.size // self.num_features
+        if count < 2:
+            raise ShapeError(f"{self.name}: BatchNorm in training needs more than one value per channel, "
+                             f"got input {tuple(x.shape)} (use a batch size > 1)")
+        first = _channel_sum(x[:1]) / (count // x.shape[0])
+        return first, _channel_map(first, x)
+
+    def batch_statistics(self, first, parts, shape: tuple, dtype):
+        """(mean, inv_std, count) in training from the sums over parts of the batch [(sum of x - first,
+        sum of (x - first)^2)] (``add_block_moments`` over blocks of items, ``moment_shift``); updates
+        the running statistics."""
+        xp = get_array_module(first)
+        count = math.prod(shape) // self.num_features
+        offset_mean = sum(p[0] for p in parts) / count
+        var = (sum(p[1] for p in parts) / count - offset_mean**2).clip(0).astype(dtype)
+        mean = (first + offset_mean).astype(dtype)
+        m = self.momentum
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm *= 1 - m
+        rm += m * mean.astype(rm.dtype)
+        rv *= 1 - m
+        rv += m * (var * (count / (count - 1))).astype(rv.dtype)
         return mean, 1.0 / xp.sqrt(var + self.eps), count
 
     def affine(self, mean, inv_std, dtype):
@@ -155,6 +164,15 @@ class BatchNorm(Layer):
             return scale, 0 * scale, 0 * scale
         slope = -scale * inv_std * dW / count
         return scale, slope, -scale * dy_sum / count - mean * slope
+
+
+def add_block_moments(total, squares, block, shift, centred):
+    """(total + sum of (block - shift), squares + sum of (block - shift)^2) per channel, in float64,
+    centred a scratch array laid out as the block."""
+    xp = get_array_module(block)
+    xp.subtract(block, shift, out=centred)
+    return (total + _channel_sum(centred).astype(xp.float64),
+            squares + _channel_dot(centred, centred).astype(xp.float64))
 
 
 def normalise_into(y, x, slope, offset):
