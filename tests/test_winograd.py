@@ -246,3 +246,18 @@ def test_backward_without_the_bias_gradient(rng):
         assert full[2].shape == (W.shape[0],) and without[2] is None
         for got, want in zip(without[:2], full[:2]):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 4), (2, 130, 64, 129), (2, 64, 70, 64)])
+def test_stacked_products_equal_one_matmul(rng, shape):
+    """Blocked into 64 x 64 outputs where the products are large (the second and third), one matmul
+    otherwise: the same products to rounding (float32, as in training)."""
+    s, rows, inner, cols = shape
+    a = rng.standard_normal((s, rows, inner)).astype(np.float32)
+    b = rng.standard_normal((s, inner, cols)).astype(np.float32)
+    got = winograd.stacked_products(a, b)
+    assert got.shape == (s, rows, cols) and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.matmul(a.astype(np.float64), b.astype(np.float64)), rtol=1e-4, atol=1e-3)
+    # a transposed view, as the weight-gradient product passes it
+    at = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    np.testing.assert_allclose(winograd.stacked_products(at, b), got, rtol=1e-5, atol=1e-4)

@@ -246,6 +246,28 @@ def _output_gradient_transform(g, at, dm):
     xp.matmul(a_mat, rows, out=dm.reshape(n, n, -1))
 
 
+def stacked_products(a, b):
+    """a (s, M, K) @ b (s, K, N) -> (s, M, N): the n^2 products of a chunk. On the CPU, products with
+    at least 64 inner terms run in blocks of at most 64 x 64 outputs: OpenBLAS ran (64, 128) @ (128,
+    128) at 65 GFLOP/s and its four 64 x 64 blocks at 106 (one thread, AMD EPYC family 25; CIFAR's
+    128-map layers: 1.14-1.26x on each of the three products); with 32 inner terms one product was
+    as fast or faster."""
+    xp = get_array_module(a)
+    s, rows, inner = a.shape
+    cols = b.shape[2]
+    if xp is not np or inner < 64 or rows * cols <= _PRODUCT_BLOCK**2:
+        return xp.matmul(a, b)
+    out = np.empty((s, rows, cols), dtype=np.result_type(a, b))
+    for r0 in range(0, rows, _PRODUCT_BLOCK):
+        for c0 in range(0, cols, _PRODUCT_BLOCK):
+            np.matmul(a[:, r0:r0 + _PRODUCT_BLOCK], b[:, :, c0:c0 + _PRODUCT_BLOCK],
+                      out=out[:, r0:r0 + _PRODUCT_BLOCK, c0:c0 + _PRODUCT_BLOCK])
+    return out
+
+
+_PRODUCT_BLOCK = 64
+
+
 def _gradient_grid(th: int, tw: int, m: int, n: int) -> tuple:
     """(rows, columns) of the grid ``_input_gradient_transform`` adds into: the tiles' extent
     (m th + n - m, likewise) rounded up to a multiple of m."""
@@ -376,7 +398,7 @@ def winograd_conv_forward(x, W, b, padding: tuple, keep_transformed: bool = True
         v = xp.empty((size, size, th, tw, items * c), dtype=x.dtype)
         grid = _grid_last(xp, x[n0:n1], padding, (m * th + r - 1, m * tw + r - 1))
         _input_transform(grid, bt, m, v)
-        mm = xp.matmul(v.reshape(size * size, tiles, c), u_t)  # (n^2, tiles, O)
+        mm = stacked_products(v.reshape(size * size, tiles, c), u_t)  # (n^2, tiles, O)
         y_grid = xp.empty((m * th, m * tw, items * o), dtype=x.dtype)
         _output_transform(mm.reshape(size, size, th, tw, items * o), at, y_grid)
         _grid_first(xp, y_grid, y[n0:n1])
@@ -422,9 +444,9 @@ def winograd_conv_backward(dout, cache, need_dx: bool = True, need_db: bool = Tr
             v = xp.empty((size, size, th, tw, items * c), dtype=dout.dtype)
             _input_transform(_grid_last(xp, x[n0:n1], padding, grid), bt, m, v)
         v = v.reshape(size * size, tiles, c)
-        du_t = xp.matmul(v.transpose(0, 2, 1), dm)  # (n^2, C, O)
+        du_t = stacked_products(v.transpose(0, 2, 1), dm)  # (n^2, C, O)
         if need_dx:
-            dv = xp.matmul(dm, u)  # (n^2, tiles, C); a new array: a kept V may serve another backward
+            dv = stacked_products(dm, u)  # (n^2, tiles, C); a new array: a kept V may serve another backward
             dd = xp.empty(_gradient_grid(th, tw, m, size) + (items * c,), dtype=dout.dtype)
             _input_gradient_transform(dv.reshape(size, size, th, tw, items * c), bt, m, dd)
             ph, pw = padding
