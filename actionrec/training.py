@@ -30,6 +30,7 @@ from actionrec.backend import array_module_for, get_array_module, to_device, to_
 from actionrec.datasets.sources import iterate_batches
 from actionrec.errors import ActionrecError
 from actionrec.nn.allocator import keep_freed_memory
+from actionrec.nn.parallel import one_blas_thread
 
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "samples_per_s")
 
@@ -202,18 +203,21 @@ class Trainer:
         xp = self.xp
         x = to_device(x, xp)
         y_dev = to_device(np.asarray(y, dtype=np.int64), xp)
-        # Overflow on the way to a NaN is reported once, by the guard below, not as numpy warnings.
-        with np.errstate(over="ignore", invalid="ignore"):
-            logits = self.model.forward(x, training=True)
-            loss = float(self.criterion.forward(logits, y_dev))
-        if not math.isfinite(loss):
-            where = f"a checkpoint of epoch {self.completed_epochs} is kept at {self.checkpoint}" \
-                if self.checkpoint and self.checkpoint.exists() and self.completed_epochs else "no epoch had finished"
-            raise TrainingDiverged(
-                f"the training loss became {loss} at epoch {epoch + 1}, batch {step + 1}; {where}. "
-                f"Lower the learning rate (now {self.optimizer.lr:g}) or use --optimizer adam")
-        self.model.backward(self.criterion.backward())
-        self.optimizer.step(self.model)
+        # BLAS on one thread for the whole step, as the layers want it anyway (they split their work
+        # over the cores themselves): their own one-thread blocks, about a hundred, then cost nothing.
+        with one_blas_thread(xp):
+            # Overflow on the way to a NaN is reported once, by the guard below, not as numpy warnings.
+            with np.errstate(over="ignore", invalid="ignore"):
+                logits = self.model.forward(x, training=True)
+                loss = float(self.criterion.forward(logits, y_dev))
+            if not math.isfinite(loss):
+                where = f"a checkpoint of epoch {self.completed_epochs} is kept at {self.checkpoint}" \
+                    if self.checkpoint and self.checkpoint.exists() and self.completed_epochs else "no epoch had finished"
+                raise TrainingDiverged(
+                    f"the training loss became {loss} at epoch {epoch + 1}, batch {step + 1}; {where}. "
+                    f"Lower the learning rate (now {self.optimizer.lr:g}) or use --optimizer adam")
+            self.model.backward(self.criterion.backward())
+            self.optimizer.step(self.model)
         n_correct = float((to_numpy(logits).argmax(axis=1) == np.asarray(y)).sum())
         return loss, n_correct
 

@@ -41,6 +41,7 @@ from actionrec.models import MODELS, build_model  # noqa: E402
 from actionrec.nn.allocator import keep_freed_memory  # noqa: E402
 from actionrec.nn.layout import empty_in_layout, lies_channels_last  # noqa: E402
 from actionrec.nn.losses import SoftmaxCrossEntropy  # noqa: E402
+from actionrec.nn.parallel import one_blas_thread  # noqa: E402
 from actionrec.nn.optim import SGD  # noqa: E402
 
 NETS = {  # workload -> (model name, classes)
@@ -159,10 +160,11 @@ def our_step_fn(model, xp, batch, input_shape, classes, seed=0):
     opt = SGD(lr=1e-4, momentum=0.9)
 
     def step():
-        logits = model.forward(x, training=True)
-        crit.forward(logits, y)
-        model.backward(crit.backward())
-        opt.step(model)
+        with one_blas_thread(xp):  # as Trainer's training step holds BLAS to one thread
+            logits = model.forward(x, training=True)
+            crit.forward(logits, y)
+            model.backward(crit.backward())
+            opt.step(model)
 
     return step
 

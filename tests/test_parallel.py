@@ -44,7 +44,11 @@ def test_one_blas_thread_restores_the_limit():
     assert before
     with parallel.one_blas_thread(np):
         assert numpy_blas_threads() == [1] * len(before)
+        with parallel.one_blas_thread(np):  # an inner block changes nothing, on entry or exit
+            assert numpy_blas_threads() == [1] * len(before)
+        assert numpy_blas_threads() == [1] * len(before)
     assert numpy_blas_threads() == before
+    assert parallel._held == 0
 
 
 # the last two are split: by rows of a (M >= P) and by columns of b (a dense layer at batch 32)

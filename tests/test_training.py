@@ -192,3 +192,27 @@ def test_schedule_is_applied_per_epoch_or_per_batch(tmp_path, per_step):
     expected = [CosineLR(0.02, 2)(e + (s / 6 if per_step else 0)) for e in range(2) for s in range(6)]
     assert seen == pytest.approx(expected)
     assert trainer.history["lr"] == pytest.approx([0.02, 0.01])  # the log keeps each epoch's starting lr
+
+
+def test_a_training_step_holds_blas_to_one_thread(tmp_path, monkeypatch):
+    """The layers split their work over the cores themselves; the step holds numpy's BLAS to one
+    thread throughout (forward, backward and the optimizer), and gives the setting back after."""
+    from threadpoolctl import threadpool_info
+
+    def numpy_blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+    before = numpy_blas_threads()
+    trainer = make_trainer(tmp_path, epochs=1)
+    seen = []
+    for name in ("forward", "backward"):
+        original = getattr(trainer.model, name)
+
+        def spy(*args, _original=original, **kwargs):
+            seen.append(numpy_blas_threads())
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(trainer.model, name, spy)
+    trainer.fit(pattern_data(n=16))
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert numpy_blas_threads() == before

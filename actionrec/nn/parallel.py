@@ -32,21 +32,27 @@ def _blas_libraries() -> list:
     return _blas
 
 
+_held = 0  # depth of the one_blas_thread blocks open now (inner ones change nothing)
+
+
 @contextlib.contextmanager
 def one_blas_thread(xp=np):
     """BLAS limited to one thread inside the block (no-op for CuPy). Costs about 3 us: the library's
-    own get/set calls, where ``ThreadpoolController.limit`` took 9 us (a training step enters dozens
-    of these blocks)."""
-    if xp is not np:
+    own get/set calls, where ``ThreadpoolController.limit`` took 9 us; inside another such block
+    (``Trainer`` holds one around each training step, which enters about a hundred) nothing at all."""
+    global _held
+    if xp is not np or _held:
         yield
         return
     libraries = _blas_libraries()
     before = [lib.get_num_threads() for lib in libraries]
     for lib in libraries:
         lib.set_num_threads(1)
+    _held += 1
     try:
         yield
     finally:
+        _held -= 1
         for lib, threads in zip(libraries, before):
             lib.set_num_threads(threads)
 
