@@ -129,7 +129,7 @@ def format_report(report: dict) -> str:
         for row in r["per_class"]:
             lines.append(f"  {row['class']:<{width}} {row['precision']:9.3f} {row['recall']:7.3f} "
                          f"{row['f1']:7.3f} {row['support']:8d}")
-        lines.append(f"  confusion matrix (rows: true, columns: predicted)")
+        lines.append("  confusion matrix (rows: true, columns: predicted)")
         short = [c[:7] for c in classes]  # "handclapping" and "handwaving" stay distinct
         cell = max(6, max(len(s) for s in short) + 1)
         lines.append("  " + " " * width + "".join(f"{s:>{cell}}" for s in short))

@@ -78,7 +78,7 @@ def main():
     per_frame = size / s["frames"]
     cubes_s, ms = read_speed(out)
     flow_s = farneback_alone(root)
-    print(f"| measure | value |\n|---|---|")
+    print("| measure | value |\n|---|---|")
     print(f"| preprocess (decode + Farnebäck + write), {args.workers} workers | {s['frames_per_s']:.0f} frames/s "
           f"({s['new_videos']} videos, {s['frames']} frames in {s['seconds']:.1f} s) |")
     print(f"| CPU time per frame (all processes) | {cpu_per_frame * 1000:.2f} ms, i.e. "

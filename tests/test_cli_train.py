@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from train_fixtures import tiny_data, tiny_model  # noqa: F401
 
 from actionrec.cli import main

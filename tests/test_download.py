@@ -4,7 +4,6 @@ import hashlib
 import io
 import tarfile
 
-import numpy as np
 import pytest
 
 from actionrec.datasets import download as dl
