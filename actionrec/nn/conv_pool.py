@@ -21,9 +21,10 @@ spreads dy over the planes (``spread_to_planes``).
   dW and db come from one product of the columns and the spread planes; the pre-pooling
   output is never stored.
 - ``ConvNormMaxPool``: a Winograd convolution, BatchNorm and ``MaxPool2D(2)`` (CIFAR's stage ends).
-  ``winograd_conv_forward(..., pooling_taps=True)`` writes (N, O, 2, 2, H/2, W/2); BatchNorm runs on
-  that array unchanged (per-channel statistics do not depend on the order of positions, though its
-  sums then round differently); the Winograd backward reads the tap-major gradient.
+  ``winograd_conv_forward(..., pooling_taps=True)`` writes (N, O, 2, 2, H/2, W/2); BatchNorm's
+  statistics come from that array unchanged (they do not depend on the order of positions, though
+  the sums then round differently), the pooling runs on the raw values and only the pooled quarter
+  is normalised (see the class); the Winograd backward reads the tap-major gradient.
 
 Each unit checks per call that it applies (numpy arrays, an even output size, the core it replaces)
 and otherwise runs its layers one after the other.
@@ -37,8 +38,8 @@ from actionrec.backend import get_array_module
 from actionrec.nn.batched_conv import _item_chunks, _pad
 from actionrec.nn.im2col import window_view
 from actionrec.nn.layout import channels_last_view, empty_in_layout, lies_channels_last
-from actionrec.nn.normalization import _BLOCK_ELEMENTS as _NORM_BLOCK_ELEMENTS
 from actionrec.nn.normalization import (
+    _BLOCK_ELEMENTS,
     _channel_dot,
     _channel_map,
     _channel_sum,
@@ -243,7 +244,7 @@ def moments_and_pool(norm, taps, out):
 
     def work(s, e):
         total = squares = 0
-        for a, z, centred in item_blocks(s, e, taps, _NORM_BLOCK_ELEMENTS):
+        for a, z, centred in item_blocks(s, e, taps, _BLOCK_ELEMENTS):  # BatchNorm.statistics' blocks
             total, squares = add_block_moments(total, squares, taps[a:z], shift, centred)
             max_of_planes(_planes(taps[a:z]), out[a:z], tuple(w[a:z] for w in winners))
         return total, squares
@@ -284,11 +285,6 @@ def _channels_last_copy(a):
     out = empty_in_layout(np, a.shape, a.dtype, last=True)
     np.copyto(out, a)
     return out
-
-
-# Items per block of the pooling's passes: about this many elements of the unpooled values (1 MB of
-# float32), so the passes after the first over a block find it in the cache.
-_BLOCK_ELEMENTS = 1 << 18
 
 
 def _unfold_tap_major(cols, x_chunk, kernel: tuple, half: tuple):
